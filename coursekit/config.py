@@ -1,0 +1,104 @@
+"""Run configuration: fast or full mode, the device, and seeding.
+
+The single switch between the two modes is the environment variable ``COURSEKIT_MODE``:
+
+* ``fast``  small sizes and short training, every notebook well under a minute on a 2-core CPU;
+* ``full``  the sizes and training lengths that give good results (meant for a GPU, e.g. Colab);
+* ``auto``  (default) ``full`` when CUDA is available, ``fast`` otherwise.
+
+Notebooks never edit cells to change mode: they ask :func:`pick` for each size.
+
+>>> import os; os.environ["COURSEKIT_MODE"] = "fast"
+>>> pick(fast=100, full=10_000)
+100
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["MODE_ENV", "DEVICE_ENV", "mode", "is_fast", "pick", "device", "seed_everything", "setup", "Settings"]
+
+MODE_ENV = "COURSEKIT_MODE"
+DEVICE_ENV = "COURSEKIT_DEVICE"
+_MODES = ("fast", "full", "auto")
+
+
+def mode() -> str:
+    """Return ``"fast"`` or ``"full"`` as chosen by ``COURSEKIT_MODE`` (see module docstring)."""
+    value = os.environ.get(MODE_ENV, "auto").strip().lower() or "auto"
+    if value not in _MODES:
+        raise ValueError(
+            f"{MODE_ENV}={value!r} is not a mode; expected one of {', '.join(_MODES)}. "
+            f"Unset it to let coursekit choose (full on GPU, fast on CPU)."
+        )
+    if value == "auto":
+        return "full" if torch.cuda.is_available() else "fast"
+    return value
+
+
+def is_fast() -> bool:
+    """True in fast mode."""
+    return mode() == "fast"
+
+
+def pick(fast, full):
+    """Return ``fast`` in fast mode and ``full`` in full mode (sizes, step counts, ...)."""
+    return fast if is_fast() else full
+
+
+def device() -> torch.device:
+    """The device to compute on: ``COURSEKIT_DEVICE`` if set, else CUDA when present, else CPU."""
+    requested = os.environ.get(DEVICE_ENV, "").strip()
+    if requested:
+        dev = torch.device(requested)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"{DEVICE_ENV}={requested!r} asks for CUDA but no GPU is available; unset it.")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so that figures are reproducible."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What :func:`setup` chose."""
+
+    mode: str
+    device: torch.device
+    seed: int
+
+    def pick(self, fast, full):
+        return fast if self.mode == "fast" else full
+
+
+def setup(seed: int = 0, verbose: bool = True) -> Settings:
+    """Seed everything, choose mode and device, and (optionally) print them.
+
+    Call it once at the top of every notebook::
+
+        cfg = coursekit.setup(seed=0)
+        n_steps = cfg.pick(fast=200, full=20_000)
+    """
+    seed_everything(seed)
+    settings = Settings(mode=mode(), device=device(), seed=seed)
+    if verbose:
+        from . import __version__
+
+        print(
+            f"coursekit {__version__} | mode: {settings.mode} (set {MODE_ENV}=fast|full) "
+            f"| device: {settings.device} | seed: {seed}"
+        )
+    return settings
