@@ -1,0 +1,15 @@
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fixtures() -> Path:
+    return ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
