@@ -46,3 +46,11 @@ def pytest_collect_file(file_path, parent):
             return items
 
     return MystNotebook.from_parent(parent, path=file_path)
+
+
+def pytest_ignore_collect(collection_path, config):
+    # The .ipynb files are generated Colab copies of the .md notebooks collected above;
+    # running both would execute every notebook twice.
+    if collection_path.suffix == ".ipynb":
+        return True
+    return None

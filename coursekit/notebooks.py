@@ -179,8 +179,9 @@ def expected_files(root: Path) -> dict[Path, str]:
     for sol in _notebooks(root / "solutions"):
         nb = jupytext.read(sol)
         ex = blank_notebook(nb, where=str(sol.relative_to(root)))
-        ex.metadata.setdefault("coursekit", {})
         ex.metadata["coursekit"] = {"generated_from": str(sol.relative_to(root)), "notebook": sol.stem}
+        # The book shows exercise pages unexecuted: their blanks raise by design.
+        ex.metadata["mystnb"] = {"execution_mode": "off"}
         ex_path = root / "exercises" / sol.name
         files[ex_path] = jupytext.writes(ex, fmt="md:myst")
         nb.metadata["coursekit"] = {"notebook": sol.stem}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every test of the course (what `make test` and .ci/run run):
+#   1. build the public book (executes every lecture; -W -n: warnings are errors);
+#   2. pytest: package unit tests, exercise checks (pass / blank / mistakes), generated files in sync,
+#      grading of every generated exercise notebook, the built HTML (offline, sidebar, Colab, math in Chromium),
+#      and nbval over every lecture and solution notebook.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+
+# Headless Chromium for the browser check (Debian package; needs root, about 30 s once).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium for the browser check..."
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium; the browser check will say so"
+fi
+
+make --no-print-directory book
+t1=$(date +%s)
+
+export COURSEKIT_MODE="${COURSEKIT_MODE:-fast}"
+.venv/bin/python -m pytest -p no:cacheprovider --durations=15 \
+  --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
+  tests lectures solutions "$@"
+t2=$(date +%s)
+echo "book build: $((t1 - t0)) s, tests: $((t2 - t1)) s, total: $((t2 - t0)) s"
