@@ -97,8 +97,6 @@ def setup(seed: int = 0, verbose: bool = True) -> Settings:
     if verbose:
         from . import __version__
 
-        print(
-            f"coursekit {__version__} | mode: {settings.mode} (set {MODE_ENV}=fast|full) "
-            f"| device: {settings.device} | seed: {seed}"
-        )
+        print(f"coursekit {__version__}: mode: {settings.mode}, device: {settings.device}, seed: {seed} "
+              f"({MODE_ENV}=fast|full|auto)")
     return settings

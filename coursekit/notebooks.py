@@ -182,6 +182,7 @@ def expected_files(root: Path) -> dict[Path, str]:
         ex.metadata["coursekit"] = {"generated_from": str(sol.relative_to(root)), "notebook": sol.stem}
         # The book shows exercise pages unexecuted: their blanks raise by design.
         ex.metadata["mystnb"] = {"execution_mode": "off"}
+        ex.metadata.setdefault("jupytext", {})["notebook_metadata_filter"] = "coursekit,mystnb"
         ex_path = root / "exercises" / sol.name
         files[ex_path] = jupytext.writes(ex, fmt="md:myst")
         nb.metadata["coursekit"] = {"notebook": sol.stem}
