@@ -1,3 +1,436 @@
-"""(work in progress)"""
+"""Autoregressive flows: MAF, IAF, the sigmoid-gated autoregressive layer, and order reversal.
 
-__all__: list[str] = []
+Direction convention (as everywhere in coursekit): ``forward`` is the sampling direction
+``x = T(z)``, ``inverse`` the density direction ``z = T^{-1}(x)``.
+
+All the maps here are elementwise in ``z_i`` given parameters computed by a MADE network
+(:class:`coursekit.made.MADE`) from the *predecessors* of ``i`` in an order. What the network
+reads decides which direction costs one pass and which costs ``p``:
+
+=============  ==================  ==========================  ==========================
+map            network reads       forward  z -> x (sample)    inverse  x -> z (density)
+=============  ==================  ==========================  ==========================
+:class:`MAF`   the output ``x``    ``p`` passes (sequential)   1 pass (parallel)
+:class:`IAF`   the input ``z``     1 pass (parallel)           ``p`` passes (sequential)
+=============  ==================  ==========================  ==========================
+
+Scale parametrisation (stable): the network's raw output ``a_i`` is softly clamped,
+``alpha_i = B tanh(a_i / B)`` with ``B = bound`` (default 5), so every scale ``exp(alpha_i)``
+lies in ``(e^{-B}, e^{B})``: a step of the optimiser can never make a scale overflow or vanish,
+and near zero the clamp is the identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..made import MADE
+from .base import Bijection, Compose, Flow, check_input
+
+__all__ = [
+    "IAF",
+    "MAF",
+    "AffineConditioner",
+    "AutoregressiveFlow",
+    "GaussianAR",
+    "Reverse",
+    "SigmoidAR",
+    "count_passes",
+    "iaf_flow",
+    "invert",
+    "maf_flow",
+]
+
+
+def _default_hidden(dim: int) -> tuple[int, int]:
+    # MADE needs at least dim - 1 units per layer; 64 is the usual width for small dim.
+    return (max(64, 2 * dim), max(64, 2 * dim))
+
+
+class AffineConditioner(nn.Module):
+    """``(m, alpha)`` of every coordinate from one MADE pass, with ``alpha = B tanh(a / B)``.
+
+    ``passes`` counts the network evaluations (used to show O(1) against O(p) passes).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] | None = None,
+        order="natural",
+        bound: float = 5.0,
+        activation: type[nn.Module] = nn.ReLU,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        if not bound > 0:
+            raise ValueError(f"bound must be positive (the largest |alpha_i|), got {bound!r}")
+        self.made = MADE(dim, hidden or _default_hidden(dim), n_params=2, order=order, activation=activation, seed=seed)
+        self.bound = float(bound)
+        self.passes = 0
+
+    @property
+    def order(self) -> Tensor:
+        return self.made.order
+
+    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        self.passes += 1
+        m, a = self.made(u).unbind(-2)
+        return m, self.bound * torch.tanh(a / self.bound)
+
+    def extra_repr(self) -> str:
+        return f"alpha = {self.bound:g} tanh(a / {self.bound:g})"
+
+
+class _InvertedAffine(nn.Module):
+    """The parameters of the inverse affine map: if ``v = exp(alpha) u + m`` then
+    ``u = exp(-alpha) v - m exp(-alpha)``, i.e. ``(m, alpha) -> (-m exp(-alpha), -alpha)``."""
+
+    def __init__(self, conditioner: nn.Module):
+        super().__init__()
+        self.inner = conditioner
+
+    @property
+    def order(self) -> Tensor:
+        return self.inner.order
+
+    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        m, alpha = self.inner(u)
+        return -m * torch.exp(-alpha), -alpha
+
+
+def _inverted(conditioner: nn.Module) -> nn.Module:
+    # Inverting twice gives back the original network (no wrapper chains).
+    return conditioner.inner if isinstance(conditioner, _InvertedAffine) else _InvertedAffine(conditioner)
+
+
+class _Autoregressive(Bijection):
+    """Shared plumbing: a conditioner, its order, and the sequential solver."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden=None,
+        order="natural",
+        bound: float = 5.0,
+        activation: type[nn.Module] = nn.ReLU,
+        seed: int | None = None,
+        conditioner: nn.Module | None = None,
+    ):
+        super().__init__(dim)
+        self.conditioner = (
+            conditioner if conditioner is not None else AffineConditioner(dim, hidden, order, bound, activation, seed)
+        )
+
+    @property
+    def order(self) -> Tensor:
+        return self.conditioner.order
+
+    def _solve(self, target: Tensor, step) -> tuple[Tensor, Tensor]:
+        """Fixed point of ``u = step(u)`` for an autoregressive ``step``: after pass ``k`` the first
+        ``k`` coordinates in the order are exact (their parameters only read exact coordinates),
+        so ``dim`` passes give the solution. Sequential by nature: this is the O(p) direction."""
+        u = torch.zeros_like(target)
+        for _ in range(self.dim):
+            u, ld = step(u)
+        return u, ld
+
+    def extra_repr(self) -> str:
+        order = self.order.tolist()
+        shown = order if len(order) <= 10 else order[:5] + ["..."] + order[-2:]
+        return f"dim={self.dim}, order={shown}"
+
+
+class MAF(_Autoregressive):
+    """One layer of the masked autoregressive flow (Papamakarios, Pavlakou and Murray, NeurIPS 2017).
+
+    Parameters read the *output* (data) ``x``:
+
+    * forward (sampling, ``p`` passes): ``x_i = exp(alpha_i(x_{<i})) z_i + m_i(x_{<i})``;
+    * inverse (density, 1 pass): ``z_i = exp(-alpha_i(x_{<i})) (x_i - m_i(x_{<i}))``;
+    * ``log|det J_T(z)| = sum_i alpha_i(x_{<i})``, ``log|det J_{T^{-1}}(x)| = -sum_i alpha_i(x_{<i})``.
+
+    ``x_{<i}`` means the coordinates before ``i`` in ``order``. ``alpha`` is softly clamped (module
+    docstring). :meth:`from_iaf` builds the MAF whose map is the inverse of a given IAF, sharing
+    its network.
+
+    >>> import torch
+    >>> maf = MAF(3)
+    >>> x = torch.randn(4, 3)
+    >>> z, ld = maf.inverse(x)
+    >>> torch.allclose(maf(z)[0], x, atol=1e-5)
+    True
+    """
+
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        def step(x):
+            m, alpha = self.conditioner(x)
+            return torch.exp(alpha) * z + m, alpha.sum(-1)
+
+        return self._solve(z, step)
+
+    def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        m, alpha = self.conditioner(x)
+        return (x - m) * torch.exp(-alpha), -alpha.sum(-1)
+
+    @classmethod
+    def from_iaf(cls, iaf: IAF) -> MAF:
+        """The MAF ``S = T^{-1}`` of an IAF ``T``, sharing its parameters: S's fast inverse is T's
+        fast forward (the slides' "IAF is the inverse of MAF", read the other way round)."""
+        if not isinstance(iaf, IAF):
+            raise TypeError(f"expected an IAF, got {type(iaf).__name__}")
+        return cls(iaf.dim, conditioner=_inverted(iaf.conditioner))
+
+
+class IAF(_Autoregressive):
+    """One layer of the inverse autoregressive flow (Kingma et al., NeurIPS 2016), affine form.
+
+    Parameters read the *input* (noise) ``z``:
+
+    * forward (sampling, 1 pass): ``x_i = exp(alpha_i(z_{<i})) z_i + m_i(z_{<i})``;
+    * inverse (density of an outside point, ``p`` passes): ``z_i = exp(-alpha_i(z_{<i})) (x_i - m_i(z_{<i}))``;
+    * ``log|det J_T(z)| = sum_i alpha_i(z_{<i})``.
+
+    The density of the IAF's *own* samples needs no inverse: from the ``z`` that produced ``x``,
+    ``log p(x) = log q_0(z) - sum_i alpha_i(z_{<i})`` in one pass
+    (:meth:`AutoregressiveFlow.forward_and_log_prob`). :meth:`from_maf` builds the IAF whose map is
+    the inverse of a given MAF, sharing its network.
+
+    >>> import torch
+    >>> iaf = IAF(3)
+    >>> z = torch.randn(4, 3)
+    >>> x, ld = iaf(z)
+    >>> torch.allclose(iaf.inverse(x)[0], z, atol=1e-5)
+    True
+    """
+
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        m, alpha = self.conditioner(z)
+        return torch.exp(alpha) * z + m, alpha.sum(-1)
+
+    def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        def step(z):
+            m, alpha = self.conditioner(z)
+            return (x - m) * torch.exp(-alpha), -alpha.sum(-1)
+
+        return self._solve(x, step)
+
+    @classmethod
+    def from_maf(cls, maf: MAF) -> IAF:
+        """The IAF ``S = T^{-1}`` of a MAF ``T``, sharing its parameters.
+
+        MAF's inverse ``z = exp(-alpha(x)) (x - m(x))`` is an affine autoregressive map of ``x``
+        whose parameters read its input: an IAF with ``(m', alpha') = (-m exp(-alpha), -alpha)``.
+        So ``S.forward == T.inverse`` (one pass) and ``S.inverse == T.forward`` (``p`` passes).
+        """
+        if not isinstance(maf, MAF):
+            raise TypeError(f"expected a MAF, got {type(maf).__name__}")
+        return cls(maf.dim, conditioner=_inverted(maf.conditioner))
+
+
+class SigmoidAR(_Autoregressive):
+    """The sigmoid-gated autoregressive layer (Kingma et al., NeurIPS 2016, eq. 14).
+
+    With ``sigma_i = sigmoid(a_i + gate_bias)`` and ``(m_i, a_i)`` from a MADE pass,
+
+    * forward: ``T(z)_i = sigma_i z_i + (1 - sigma_i) m_i``;
+    * reverse: ``z_i = (x_i - (1 - sigma_i) m_i) / sigma_i``;
+    * ``log|det J_T(z)| = sum_i log sigma_i`` (computed as ``logsigmoid``, stable).
+
+    ``condition_on="x"`` (default, as in the slides): ``m_i, sigma_i`` read ``x_{<i} = T(z)_{<i}``,
+    so the reverse is one pass and the forward ``p`` passes (a MAF-type layer).
+    ``condition_on="z"`` (as in Kingma et al.): they read ``z_{<i}``, the forward is one pass and the
+    reverse ``p`` passes (an IAF-type layer). ``sigma_i`` is a convex weight, like an LSTM's forget
+    gate; ``gate_bias > 0`` starts the layer close to the identity, as the paper advises.
+
+    >>> import torch
+    >>> layer = SigmoidAR(3)
+    >>> x = torch.randn(2, 3)
+    >>> torch.allclose(layer(layer.inverse(x)[0])[0], x, atol=1e-5)
+    True
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden=None,
+        order="natural",
+        condition_on: str = "x",
+        gate_bias: float = 1.0,
+        activation: type[nn.Module] = nn.ReLU,
+        seed: int | None = None,
+    ):
+        if condition_on not in ("x", "z"):
+            raise ValueError(
+                f"condition_on={condition_on!r}: expected 'x' (the slides, MAF-like) or 'z' (Kingma et al., IAF-like)"
+            )
+        super().__init__(
+            dim,
+            hidden,
+            order,
+            activation=activation,
+            seed=seed,
+            conditioner=_GateConditioner(dim, hidden, order, activation, seed),
+        )
+        self.condition_on = condition_on
+        self.gate_bias = float(gate_bias)
+
+    def _gate(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        m, a = self.conditioner(u)
+        return m, F.logsigmoid(a + self.gate_bias)
+
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        def apply(u):
+            m, log_s = self._gate(u)
+            s = torch.exp(log_s)
+            return s * z + (1 - s) * m, log_s.sum(-1)
+
+        return apply(z) if self.condition_on == "z" else self._solve(z, apply)
+
+    def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        def apply(u):
+            m, log_s = self._gate(u)
+            return (x - m) * torch.exp(-log_s) + m, -log_s.sum(-1)
+
+        return apply(x) if self.condition_on == "x" else self._solve(x, apply)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, condition_on={self.condition_on!r}, gate_bias={self.gate_bias:g}"
+
+
+class _GateConditioner(AffineConditioner):
+    """MADE outputs ``(m, a)`` with no clamp: the sigmoid already bounds the gate."""
+
+    def __init__(self, dim, hidden, order, activation, seed):
+        super().__init__(dim, hidden, order, 1.0, activation, seed)
+
+    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        self.passes += 1
+        m, a = self.made(u).unbind(-2)
+        return m, a
+
+    def extra_repr(self) -> str:
+        return "sigma = sigmoid(a + gate_bias)"
+
+
+class Reverse(Bijection):
+    """Reverses the order of the coordinates, ``T(z)_i = z_{p+1-i}``; volume preserving (log-det 0).
+
+    Put between autoregressive layers so that the variable that sees nothing in one layer sees
+    everything in the next. (The builders :func:`maf_flow` / :func:`iaf_flow` instead alternate the
+    MADE orders, which is the same map family without moving data.)
+
+    >>> import torch
+    >>> Reverse(3)(torch.tensor([[1.0, 2.0, 3.0]]))[0]
+    tensor([[3., 2., 1.]])
+    """
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return z.flip(-1), z.new_zeros(z.shape[0])
+
+    def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x.flip(-1), x.new_zeros(x.shape[0])
+
+
+class AutoregressiveFlow(Flow):
+    """A :class:`~coursekit.flows.base.Flow` with the IAF's shortcut for its own samples."""
+
+    def forward_and_log_prob(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``x = T(z)`` and ``log p(x) = log q_0(z) - log|det J_T(z)|`` from the latent ``z`` that
+        produced ``x``: one pass for an IAF, no inverse needed (the slides' line 624)."""
+        x, ld = self.transform.forward(z)
+        return x, self.base.log_prob(z) - ld
+
+
+def _layers(cls, dim, n_layers, hidden, bound, seed, **kw):
+    if not isinstance(n_layers, int) or n_layers < 1:
+        raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+    # Alternate natural / reversed orders: what one layer sees last, the next sees first.
+    return Compose(
+        *[cls(dim, hidden, "natural" if k % 2 == 0 else "reversed", bound, seed=seed, **kw) for k in range(n_layers)]
+    )
+
+
+def maf_flow(
+    dim: int, n_layers: int = 5, hidden=None, bound: float = 5.0, base="normal", seed: int | None = None
+) -> AutoregressiveFlow:
+    """A MAF density model: ``n_layers`` MAF layers with alternating orders on a Gaussian base."""
+    return AutoregressiveFlow(_layers(MAF, dim, n_layers, hidden, bound, seed), base=base)
+
+
+def iaf_flow(
+    dim: int, n_layers: int = 5, hidden=None, bound: float = 5.0, base="normal", seed: int | None = None
+) -> AutoregressiveFlow:
+    """An IAF sampler: ``n_layers`` IAF layers with alternating orders on a Gaussian base."""
+    return AutoregressiveFlow(_layers(IAF, dim, n_layers, hidden, bound, seed), base=base)
+
+
+def invert(transform: Bijection) -> Bijection:
+    """The inverse map ``T^{-1}`` with the fast and slow directions swapped, sharing parameters:
+    MAF <-> IAF layer by layer, :class:`Reverse` stays, a :class:`Compose` is inverted in reverse order."""
+    if isinstance(transform, MAF):
+        return IAF.from_maf(transform)
+    if isinstance(transform, IAF):
+        return MAF.from_iaf(transform)
+    if isinstance(transform, Reverse):
+        return Reverse(transform.dim)
+    if isinstance(transform, Compose):
+        return Compose(*[invert(t) for t in reversed(transform.maps)])
+    raise TypeError(f"invert knows MAF, IAF, Reverse and Compose of these; got {type(transform).__name__}")
+
+
+def count_passes(module: nn.Module) -> int:
+    """Total number of conditioner (network) evaluations made so far inside ``module``."""
+    return sum(m.passes for m in module.modules() if isinstance(m, AffineConditioner))
+
+
+class GaussianAR(Flow):
+    """The Gaussian autoregressive model ``p(x) = prod_i N(x_i; m_i(x_{<i}), exp(alpha_i(x_{<i}))^2)``.
+
+    ``m_1, alpha_1`` are constants (the MADE output with nothing before it), the others networks.
+    :meth:`log_prob` evaluates the product of conditionals in one pass; :meth:`sample` is the
+    slides' sequential sampler, one coordinate per pass in ``order``. The model *is* a one-layer
+    MAF flow (``self.transform``): the test suite checks that both views give the same density.
+
+    >>> import torch
+    >>> model = GaussianAR(4)
+    >>> model.sample(3).shape
+    torch.Size([3, 4])
+    """
+
+    def __init__(self, dim: int, hidden=None, order="natural", bound: float = 5.0, seed: int | None = None):
+        super().__init__(MAF(dim, hidden, order, bound, seed=seed), base="normal")
+
+    @property
+    def order(self) -> Tensor:
+        return self.transform.order
+
+    def conditionals(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(m, alpha)``, each ``(batch, dim)``: the conditional means and log standard deviations."""
+        check_input(x, self.event_shape, "GaussianAR input x")
+        return self.transform.conditioner(x)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        m, alpha = self.conditionals(x)
+        return torch.distributions.Normal(m, torch.exp(alpha)).log_prob(x).sum(-1)
+
+    def sample(self, n: int, z: Tensor | None = None) -> Tensor:
+        """``x_i = exp(alpha_i(x_{<i})) z_i + m_i(x_{<i})``, coordinate by coordinate in ``order``."""
+        if z is None:
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"number of samples must be a positive integer, got {n!r}")
+            z = self.base.sample((n,))
+        check_input(z, self.event_shape, "GaussianAR noise z")
+        with torch.no_grad():
+            x = torch.zeros_like(z)
+            for i in self.order.tolist():  # sequential by nature
+                m, alpha = self.transform.conditioner(x)
+                x[:, i] = torch.exp(alpha[:, i]) * z[:, i] + m[:, i]
+        return x

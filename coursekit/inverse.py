@@ -1,0 +1,245 @@
+"""Linear inverse problems ``y = A x + G`` on images, solved as MAP problems with any prior.
+
+The observation of an image ``x`` in ``R^p`` is ``y = A x + G`` with ``A`` an ``(m, p)`` matrix
+and ``G ~ N(0, sigma^2 I_m)``. Given a prior density ``p(x)``, the maximum a posteriori
+(MAP) estimate minimises
+
+    J(x) = ||A x - y||^2 / (2 sigma^2) - log p(x),
+
+the negative log-posterior up to a constant (the slides write ``||A x - y||^2 - log p*(x)``,
+i.e. ``2 sigma^2 = 1``). :func:`map_estimate` minimises ``J`` for ANY differentiable
+``log_prior`` (a Gaussian here, a trained flow in chapter 4); :func:`gaussian_map` is the
+closed form for a Gaussian prior ``N(m, S)``:
+
+    x_MAP = m + S A^T (A S A^T + sigma^2 I_m)^{-1} (y - A m),
+
+which needs no inverse of ``S`` (it is also the posterior mean). Operators: pixel masking
+(:func:`mask_operator`, inpainting), blur (:func:`blur_operator`) and the identity
+(:func:`denoising_operator`). Errors are measured with :func:`mse` and :func:`psnr`.
+
+Images are batches of flattened rows ``(n, p)``, so ``A x`` is computed as ``x @ A.T``.
+
+>>> A = mask_operator(torch.tensor([True, False, True]))
+>>> A
+tensor([[1., 0., 0.],
+        [0., 0., 1.]])
+>>> simulate(A, torch.tensor([[1.0, 2.0, 3.0]]), sigma=0.0)
+tensor([[1., 3.]])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .train import TrainingDiverged
+
+__all__ = [
+    "mask_operator",
+    "random_mask",
+    "blur_operator",
+    "denoising_operator",
+    "simulate",
+    "data_fit",
+    "MAPResult",
+    "map_estimate",
+    "gaussian_map",
+    "mse",
+    "psnr",
+]
+
+
+def _check_batch(x: Tensor, dim: int, what: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape (n, {dim}), got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[1] != dim:
+        hint = " A single image needs a batch dimension: use x.unsqueeze(0)." if x.dim() == 1 else ""
+        raise ValueError(f"{what} has shape {tuple(x.shape)}, expected (n, {dim}).{hint}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
+
+
+def _check_operator(A: Tensor) -> None:
+    if not isinstance(A, Tensor) or A.dim() != 2:
+        raise ValueError(f"the operator A must be a matrix (m, p), got {getattr(A, 'shape', type(A).__name__)}")
+    if not torch.isfinite(A).all():
+        raise ValueError("the operator A contains NaN or infinite entries")
+
+
+def _check_sigma(sigma: float, allow_zero: bool) -> float:
+    sigma = float(sigma)
+    if not math.isfinite(sigma) or sigma < 0 or (sigma == 0 and not allow_zero):
+        need = "sigma >= 0" if allow_zero else "sigma > 0 (the MAP problem needs noise)"
+        raise ValueError(f"noise level sigma={sigma} is invalid: expected {need}")
+    return sigma
+
+
+def mask_operator(observed: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Inpainting: the ``(m, p)`` matrix that keeps the ``m`` pixels where ``observed`` is True.
+
+    Its rows are the rows of ``I_p`` at the observed pixels, so ``A x`` lists the observed values
+    and ``A^T y`` puts them back in place with zeros elsewhere.
+    """
+    if not isinstance(observed, Tensor) or observed.dtype != torch.bool or observed.dim() != 1:
+        raise ValueError("observed must be a 1-D boolean tensor over the p pixels (True = observed)")
+    if not observed.any():
+        raise ValueError("the mask observes no pixel; keep at least one")
+    eye = torch.eye(observed.numel(), dtype=dtype or torch.get_default_dtype(), device=observed.device)
+    return eye[observed]
+
+
+def random_mask(p: int, keep: float, generator: torch.Generator | None = None) -> Tensor:
+    """A boolean mask observing ``round(keep * p)`` pixels chosen uniformly at random."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep={keep} must be the observed fraction of pixels, in (0, 1]")
+    k = max(1, int(round(keep * p)))
+    mask = torch.zeros(p, dtype=torch.bool)
+    mask[torch.randperm(p, generator=generator)[:k]] = True
+    return mask
+
+
+def blur_operator(shape: tuple[int, int] = (8, 8), width: float = 1.0, dtype: torch.dtype | None = None) -> Tensor:
+    """Gaussian blur on ``h x w`` images as a ``(p, p)`` matrix, ``p = h w``.
+
+    ``(A x)_i = sum_j k_ij x_j`` with ``k_ij`` proportional to ``exp(-|pos_i - pos_j|^2 / (2 width^2))``,
+    each row normalised to sum to one (a constant image stays constant; no padding at borders).
+    """
+    if not width > 0:
+        raise ValueError(f"blur width must be positive (in pixels), got {width}")
+    h, w = shape
+    dtype = dtype or torch.get_default_dtype()
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=dtype), torch.arange(w, dtype=dtype), indexing="ij")
+    pos = torch.stack([rows.reshape(-1), cols.reshape(-1)], 1)
+    k = torch.exp(-torch.cdist(pos, pos) ** 2 / (2.0 * width**2))
+    return k / k.sum(1, keepdim=True)
+
+
+def denoising_operator(p: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Denoising: ``A = I_p`` (the whole image is observed, with noise)."""
+    return torch.eye(p, dtype=dtype or torch.get_default_dtype())
+
+
+def simulate(A: Tensor, x: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
+    """Observations ``y = A x + G``, ``G ~ N(0, sigma^2 I)``, for each row of ``x`` ``(n, p)``; returns ``(n, m)``."""
+    _check_operator(A)
+    _check_batch(x, A.shape[1], "x")
+    sigma = _check_sigma(sigma, allow_zero=True)
+    y = x @ A.T
+    if sigma > 0:
+        y = y + sigma * torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+    return y
+
+
+def data_fit(A: Tensor, y: Tensor, sigma: float, x: Tensor) -> Tensor:
+    """``||A x - y||^2 / (2 sigma^2)`` for each row, shape ``(n,)``: minus the Gaussian log-likelihood
+    of the observation, up to a constant."""
+    return ((x @ A.T - y) ** 2).sum(-1) / (2.0 * sigma**2)
+
+
+class MAPResult(NamedTuple):
+    """``x``: the estimate ``(n, p)``; ``objective``: ``J(x)`` per image ``(n,)``; ``n_iter``: iterations run."""
+
+    x: Tensor
+    objective: Tensor
+    n_iter: int
+
+
+def map_estimate(
+    A: Tensor,
+    y: Tensor,
+    sigma: float,
+    log_prior: Callable[[Tensor], Tensor],
+    x0: Tensor | None = None,
+    max_iter: int = 500,
+    tol: float = 1e-7,
+) -> MAPResult:
+    """MAP estimate ``argmin_x ||A x - y||^2 / (2 sigma^2) - log_prior(x)`` by L-BFGS.
+
+    Args:
+        A: ``(m, p)`` operator; y: ``(n, m)`` observations; sigma: noise level (> 0).
+        log_prior: ``log_prior(x) -> (n,)`` log-density of the prior, differentiable with autograd
+            (``fit_gaussian(train).log_prob``, a flow's ``log_prob``, ...). It need not be normalised.
+        x0: starting point ``(n, p)``; default the least-squares start ``A^T y`` (the observed pixels
+            in place for a mask).
+        max_iter: L-BFGS iterations; tol: tolerance on the gradient and on changes.
+
+    The images are independent, so the objectives are summed and solved as one problem.
+    Raises :class:`~coursekit.train.TrainingDiverged` if the objective turns NaN or infinite.
+
+    >>> y = torch.tensor([[1.0, -1.0]])
+    >>> res = map_estimate(denoising_operator(2), y, 1.0, lambda x: -0.5 * (x**2).sum(-1))  # N(0, I) prior
+    >>> res.x  # halfway between the observation and the prior mean
+    tensor([[ 0.5000, -0.5000]])
+    """
+    _check_operator(A)
+    m, p = A.shape
+    _check_batch(y, m, "observations y")
+    sigma = _check_sigma(sigma, allow_zero=False)
+    if x0 is None:
+        x0 = y @ A
+    else:
+        _check_batch(x0, p, "x0")
+    x = x0.detach().clone().to(y.dtype).requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [x], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=tol * 1e-2,
+        history_size=20, line_search_fn="strong_wolfe",
+    )
+
+    def objective_per_image(z):
+        lp = log_prior(z)
+        if lp.shape != (z.shape[0],):
+            raise ValueError(f"log_prior must return one value per image, shape ({z.shape[0]},), got {tuple(lp.shape)}")
+        return data_fit(A, y, sigma, z) - lp
+
+    def closure():
+        opt.zero_grad()
+        loss = objective_per_image(x).sum()  # images are independent: per-image gradients
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                "the MAP objective became NaN or infinite; check that log_prior is finite everywhere "
+                "(e.g. add jitter to a Gaussian prior) and that sigma is not tiny"
+            )
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
+    with torch.no_grad():
+        obj = objective_per_image(x)
+    return MAPResult(x.detach(), obj.detach(), n_iter)
+
+
+def gaussian_map(A: Tensor, y: Tensor, sigma: float, mean: Tensor, cov: Tensor) -> Tensor:
+    """Closed-form MAP (= posterior mean) for the prior ``N(mean, cov)``:
+
+    ``x = mean + cov A^T (A cov A^T + sigma^2 I)^{-1} (y - A mean)``; rows of ``y`` are ``(n, m)``.
+    """
+    _check_operator(A)
+    m, p = A.shape
+    _check_batch(y, m, "observations y")
+    sigma = _check_sigma(sigma, allow_zero=False)
+    if mean.shape != (p,) or cov.shape != (p, p):
+        raise ValueError(f"prior mean {tuple(mean.shape)} / cov {tuple(cov.shape)} do not match p = {p}")
+    SAt = cov @ A.T  # (p, m)
+    K = A @ SAt + sigma**2 * torch.eye(m, dtype=cov.dtype, device=cov.device)
+    L = torch.linalg.cholesky(K)
+    r = (y - mean @ A.T).T  # (m, n)
+    return mean + (SAt @ torch.cholesky_solve(r, L)).T
+
+
+def mse(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Mean squared error per image, ``(1/p) ||x_hat - x||^2``, shape ``(n,)``."""
+    if x_hat.shape != x.shape:
+        raise ValueError(f"shapes differ: estimate {tuple(x_hat.shape)} vs truth {tuple(x.shape)}")
+    return ((x_hat - x) ** 2).mean(-1)
+
+
+def psnr(x_hat: Tensor, x: Tensor, data_range: float = 16.0) -> Tensor:
+    """Peak signal-to-noise ratio per image in dB, ``10 log10(data_range^2 / MSE)``; higher is better.
+
+    ``data_range`` is the span of pixel values: 16 for the digits in their ``0..16`` scale.
+    """
+    return 10.0 * torch.log10(data_range**2 / mse(x_hat, x).clamp_min(1e-12))

@@ -1,0 +1,220 @@
+"""MAF, IAF, the sigmoid autoregressive layer, Reverse and the Gaussian autoregressive model."""
+
+import math
+
+import pytest
+import torch
+from torch.autograd.functional import jacobian
+
+from coursekit.flows import (
+    IAF,
+    MAF,
+    AutoregressiveFlow,
+    Compose,
+    GaussianAR,
+    Reverse,
+    SigmoidAR,
+    count_passes,
+    iaf_flow,
+    invert,
+    maf_flow,
+)
+
+DIM = 5
+
+
+def _maps():
+    torch.manual_seed(0)
+    return {
+        "MAF": MAF(DIM, hidden=(16, 16), order="random", seed=1),
+        "IAF": IAF(DIM, hidden=(16,), order="reversed"),
+        "SigmoidAR-x": SigmoidAR(DIM, hidden=(16,), order="random", seed=2),
+        "SigmoidAR-z": SigmoidAR(DIM, hidden=(16,), condition_on="z"),
+        "Reverse": Reverse(DIM),
+    }
+
+
+def _randomise(module):
+    # Larger-than-default weights so that the maps are far from the identity.
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.5)
+    return module
+
+
+@pytest.mark.parametrize("name", list(_maps()))
+def test_inverse_and_log_det_against_autograd(name):
+    t = _randomise(_maps()[name]).double()
+    z = torch.randn(4, DIM, dtype=torch.float64)
+    x, ld = t(z)
+    z_back, ld_inv = t.inverse(x)
+    torch.testing.assert_close(z_back, z, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(ld + ld_inv, torch.zeros(4, dtype=torch.float64), atol=1e-9, rtol=0)
+    for k in range(4):
+        jf = jacobian(lambda v: t(v.unsqueeze(0))[0][0], z[k])
+        ji = jacobian(lambda v: t.inverse(v.unsqueeze(0))[0][0], x[k])
+        torch.testing.assert_close(torch.linalg.slogdet(jf).logabsdet, ld[k], atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(torch.linalg.slogdet(ji).logabsdet, ld_inv[k], atol=1e-9, rtol=1e-9)
+        if name != "Reverse":
+            # Triangular in the order: x_i moves only with z_j for j at or before i.
+            rank = torch.empty(DIM, dtype=torch.long)
+            rank[t.order] = torch.arange(DIM)
+            later = rank[None, :] > rank[:, None]
+            assert (jf[later] == 0).all() and (ji[later] == 0).all()
+            assert (jf.diagonal() != 0).all()
+
+
+@pytest.mark.parametrize("name", ["MAF", "IAF", "SigmoidAR-x", "SigmoidAR-z"])
+def test_every_parameter_gets_a_gradient(name):
+    t = _randomise(_maps()[name])
+    flow = AutoregressiveFlow(t)
+    flow.log_prob(torch.randn(8, DIM)).mean().backward()
+    for pname, p in t.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, f"{pname} gets no gradient"
+
+
+@pytest.mark.parametrize(
+    "name, fwd, inv",
+    [("MAF", DIM, 1), ("IAF", 1, DIM), ("SigmoidAR-x", DIM, 1), ("SigmoidAR-z", 1, DIM)],
+)
+def test_network_passes(name, fwd, inv):
+    t = _maps()[name]
+    z = torch.randn(3, DIM)
+    before = count_passes(t)
+    x, _ = t(z)
+    assert count_passes(t) - before == fwd
+    before = count_passes(t)
+    t.inverse(x)
+    assert count_passes(t) - before == inv
+
+
+def test_maf_and_iaf_are_mutual_inverses_sharing_one_network():
+    torch.manual_seed(0)
+    maf = _randomise(MAF(DIM, hidden=(16,), order="random", seed=0)).double()
+    iaf = IAF.from_maf(maf)
+    assert iaf.conditioner.inner is maf.conditioner  # same parameters, no copy
+    x = torch.randn(6, DIM, dtype=torch.float64)
+    z_maf, ld_maf = maf.inverse(x)
+    z_iaf, ld_iaf = iaf(x)  # IAF's one-pass forward IS MAF's one-pass inverse
+    torch.testing.assert_close(z_iaf, z_maf)
+    torch.testing.assert_close(ld_iaf, ld_maf)
+    torch.testing.assert_close(maf(iaf(x)[0])[0], x)
+    torch.testing.assert_close(iaf.inverse(x)[0], maf(x)[0])  # and its p-pass inverse is MAF's p-pass forward
+    torch.testing.assert_close(iaf.inverse(iaf(x)[0])[0], x)
+    back = MAF.from_iaf(iaf)
+    assert back.conditioner is maf.conditioner  # inverting twice unwraps
+    # And from an IAF to a MAF.
+    iaf2 = _randomise(IAF(DIM, hidden=(16,))).double()
+    maf2 = MAF.from_iaf(iaf2)
+    torch.testing.assert_close(maf2(iaf2(x)[0])[0], x)
+    torch.testing.assert_close(maf2.inverse(x)[0], iaf2(x)[0])
+    torch.testing.assert_close(maf2(x)[0], iaf2.inverse(x)[0])
+
+
+def test_invert_a_stack():
+    torch.manual_seed(1)
+    stack = Compose(MAF(3, hidden=(8,)), Reverse(3), MAF(3, hidden=(8,), order="reversed")).double()
+    _randomise(stack)
+    inv = invert(stack)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    y, ld = inv(x)
+    torch.testing.assert_close(stack(y)[0], x)
+    torch.testing.assert_close(ld, stack.inverse(x)[1])
+    with pytest.raises(TypeError, match="invert knows"):
+        invert(SigmoidAR(3))
+
+
+def test_iaf_density_of_its_own_samples_in_one_pass():
+    torch.manual_seed(0)
+    flow = _randomise(iaf_flow(3, n_layers=3, hidden=(8,))).double()
+    z = torch.randn(10, 3, dtype=torch.float64)
+    before = count_passes(flow)
+    x, log_p = flow.forward_and_log_prob(z)
+    assert count_passes(flow) - before == 3  # one pass per layer
+    torch.testing.assert_close(log_p, flow.log_prob(x))  # the p-pass route gives the same
+
+
+def test_gaussian_ar_sampler_density_and_flow_view_agree():
+    torch.manual_seed(0)
+    model = _randomise(GaussianAR(3, hidden=(8,), order="reversed")).double()
+    z = torch.randn(7, 3, dtype=torch.float64)
+    x = model.sample(7, z=z)
+    torch.testing.assert_close(x, model.transform(z)[0])  # sequential sampler == MAF forward
+    torch.testing.assert_close(model.log_prob(x), AutoregressiveFlow.log_prob(model, x))
+    m, alpha = model.conditionals(x)
+    assert torch.allclose(m[:, 2], m[0, 2]) and torch.allclose(alpha[:, 2], alpha[0, 2])  # x_3 comes first
+
+
+def test_gaussian_ar_density_integrates_to_one():
+    torch.manual_seed(2)
+    model = GaussianAR(2, hidden=(16,)).double()
+    with torch.no_grad():
+        s = model.sample(20000)
+        lo, hi = s.min(0).values - 3, s.max(0).values + 3
+        n = 801
+        g0, g1 = (
+            torch.linspace(lo[0], hi[0], n, dtype=torch.float64),
+            torch.linspace(lo[1], hi[1], n, dtype=torch.float64),
+        )
+        grid = torch.cartesian_prod(g0, g1)
+        dens = model.log_prob(grid).exp().view(n, n)
+        mass = torch.trapezoid(torch.trapezoid(dens, g1, dim=1), g0)
+    assert abs(float(mass) - 1) < 2e-3
+
+
+def test_maf_flow_trains_on_a_correlated_gaussian():
+    torch.manual_seed(0)
+    cov = torch.tensor([[1.0, 0.9], [0.9, 1.0]])
+    data = torch.randn(2000, 2) @ torch.linalg.cholesky(cov).T
+    flow = maf_flow(2, n_layers=2, hidden=(16,))
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = -flow.log_prob(data).mean()
+        loss.backward()
+        opt.step()
+    exact = torch.distributions.MultivariateNormal(torch.zeros(2), cov).entropy()  # = E[-log p*]
+    assert float(loss.detach()) < float(exact) + 0.05  # fits (the gap is KL(p*||p) plus sampling error)
+    samples = flow.sample(20000)
+    torch.testing.assert_close(torch.cov(samples.T), cov, atol=0.08, rtol=0)
+
+
+def test_scale_is_softly_clamped():
+    maf = MAF(3, hidden=(8,), bound=2.0)
+    with torch.no_grad():
+        for p in maf.parameters():
+            p.fill_(50.0)
+    _, alpha = maf.conditioner(torch.ones(4, 3))
+    assert alpha.abs().max() <= 2.0
+    x, ld = maf(torch.randn(4, 3))
+    assert torch.isfinite(x).all() and torch.isfinite(ld).all()
+
+
+def test_bad_inputs_raise_clear_errors():
+    maf = MAF(3, hidden=(8,))
+    with pytest.raises(ValueError, match="NaN"):
+        maf.inverse(torch.tensor([[0.0, float("nan"), 1.0]]))
+    with pytest.raises(ValueError, match=r"expected \(batch, 3\)"):
+        maf(torch.randn(4, 2))
+    with pytest.raises(ValueError, match="condition_on"):
+        SigmoidAR(3, condition_on="y")
+    with pytest.raises(ValueError, match="bound"):
+        MAF(3, bound=0.0)
+    with pytest.raises(ValueError, match="n_layers"):
+        maf_flow(3, n_layers=0)
+    with pytest.raises(TypeError, match="expected a MAF"):
+        IAF.from_maf(IAF(3))
+
+
+def test_repr_is_readable():
+    text = repr(maf_flow(3, n_layers=2, hidden=(8,)))
+    assert "order=[0, 1, 2]" in text and "order=[2, 1, 0]" in text and "tanh" in text
+    assert "condition_on='z'" in repr(SigmoidAR(3, condition_on="z"))
+
+
+@pytest.mark.parametrize("cls", [MAF, IAF, SigmoidAR, Reverse, GaussianAR])
+def test_constructible_from_dim(cls):
+    obj = cls(4)
+    assert obj.dim == 4
+    assert math.prod(obj.event_shape) == 4
