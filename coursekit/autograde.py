@@ -200,7 +200,7 @@ def format_report(report: GradeReport, width: int = 100) -> str:
     for n, (a, b, c, d, e) in enumerate(rows):
         b = b if len(b) <= w[1] else b[: w[1] - 1] + "…"
         line = f"{a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d:>{w[3]}}  {e}"
-        lines.append(line[: max(width, 60)] if n else line)
+        lines.append(line)
         if n == 0:
             lines.append("-" * min(len(line) + 20, width))
     lines.append("-" * min(width, 60))
