@@ -87,7 +87,7 @@ def test_mathjax_is_served_locally(html_dir):
 
 def test_sidebar_lists_the_chapters(html_dir):
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    chapters = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    chapters = [e["file"] for part in toc["parts"] for c in part["chapters"] for e in [c, *c.get("sections", [])]]
     # index.html redirects to the root page, book/index.html, whose sidebar links are relative to book/
     landing = html_dir / "book" / "index.html"
     linked = {
