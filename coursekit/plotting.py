@@ -45,8 +45,7 @@ def show_images(images, nrow: int | None = None, shape: tuple[int, int] | None =
         grid[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = arr[k]
     if ax is None:
         _, ax = plt.subplots(figsize=(0.5 + 0.35 * nrow, 0.5 + 0.35 * ncol_rows))
-    cmap_obj = plt.get_cmap(cmap).copy()
-    cmap_obj.set_bad("white")
+    cmap_obj = plt.get_cmap(cmap).with_extremes(bad="white")
     ax.imshow(grid, cmap=cmap_obj, vmin=lo, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
