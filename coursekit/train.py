@@ -42,8 +42,6 @@ def progress(iterable=None, total: int | None = None, desc: str = "", **kwargs):
 
     Set ``COURSEKIT_PROGRESS=1`` to force it on, ``0`` to force it off.
     """
-    from tqdm.auto import tqdm
-
     forced = os.environ.get("COURSEKIT_PROGRESS")
     if forced is not None:
         disable = forced.strip() in ("0", "false", "no", "")
@@ -51,6 +49,14 @@ def progress(iterable=None, total: int | None = None, desc: str = "", **kwargs):
         interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
         quiet = bool(os.environ.get("CI")) or "PYTEST_CURRENT_TEST" in os.environ or bool(os.environ.get("COURSEKIT_QUIET"))
         disable = quiet or not interactive
+    from tqdm import tqdm
+
+    if not disable and "ipykernel" in sys.modules:
+        try:  # a widget bar in notebooks when ipywidgets is installed (Colab has it); text otherwise
+            import ipywidgets  # noqa: F401
+            from tqdm.notebook import tqdm
+        except ImportError:
+            pass
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, **kwargs)
 
 

@@ -1,0 +1,192 @@
+"""Algorithm 1 of the slides: maximum-likelihood training of an EBM with short-run ULA chains.
+
+The log-likelihood of p_theta = exp(-U_theta) / Z(theta) has the gradient (Proposition 2)
+
+    grad l_N(theta) = -(1/N) sum_k grad_theta U_theta(x^k) + mu_theta[grad_theta U_theta],
+
+and the second term is estimated with negative samples X^- from K steps of ULA. Each
+iteration therefore minimises the *contrastive* loss
+
+    L(theta) = mean U_theta(X^+) - mean U_theta(X^-)       (X^- held fixed, no gradient through ULA)
+
+whose gradient is line 14 of Algorithm 1, plus the regularisation of Du & Mordatch (2019),
+``reg * mean(U(X^+)^2 + U(X^-)^2)``, which keeps the energies near zero (the contrastive loss
+alone is invariant to adding a constant to U, and its energies drift and explode).
+
+Three ways to start the chains (``chains=``):
+
+* ``"replay"`` (Algorithm 1): from the replay buffer B, each start replaced with probability
+  ``alpha`` by a fresh N(0, I) draw; B holds the last negatives (``buffer_size=None``, as on the
+  slides) or the last ``buffer_size`` negatives (as in Du & Mordatch 2019);
+* ``"persistent"``: each chain continues exactly where it stopped (persistent contrastive
+  divergence, Tieleman 2008);
+* ``"short-run"``: every chain restarts from N(0, I) (no buffer; Nijkamp et al. 2019).
+
+>>> import torch
+>>> from coursekit.ebm import MLPEnergy
+>>> result = train_ebm(MLPEnergy(2, hidden=16), torch.randn(200, 2), n_iter=3, batch_size=32, n_steps=5, gamma=0.01)
+>>> len(result.loss), tuple(result.negatives.shape)
+(3, (32, 2))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..train import TrainingDiverged, guard, progress
+from .langevin import ula
+
+__all__ = ["ReplayBuffer", "contrastive_loss", "train_ebm", "EBMTrainingResult", "CHAINS"]
+
+CHAINS = ("replay", "persistent", "short-run")
+
+
+class ReplayBuffer:
+    """The buffer B of Algorithm 1: past negative samples, used to start the next chains.
+
+    ``capacity=None`` keeps only the last batch (B = X^-, line 15 of Algorithm 1); an integer
+    keeps the last ``capacity`` samples (first in, first out).
+    """
+
+    def __init__(self, capacity: int | None = None):
+        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
+        self.capacity = capacity
+        self.samples: Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.samples is None else self.samples.shape[0]
+
+    def push(self, x: Tensor) -> None:
+        x = x.detach()
+        if self.capacity is None or self.samples is None:
+            self.samples = x if self.capacity is None else x[-self.capacity:]
+        else:
+            self.samples = torch.cat([self.samples, x])[-self.capacity:]
+
+    def sample(self, n: int, alpha: float, generator: torch.Generator | None = None, like: Tensor | None = None,
+               init_std: float = 1.0) -> Tensor:
+        """n starting points i.i.d. from (1 - alpha) B + alpha N(0, init_std^2 I) (lines 5-9);
+        from N(0, init_std^2 I) alone while B is empty (then ``like`` gives shape, dtype, device)."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"the restart probability alpha must be in [0, 1], got {alpha}")
+        ref = self.samples if self.samples is not None else like
+        if ref is None:
+            raise ValueError("the buffer is empty: pass `like=` (a tensor of the sample shape) to draw N(0, I) starts")
+        shape, dev, dt = (n, *ref.shape[1:]), ref.device, ref.dtype
+        fresh = init_std * torch.randn(shape, generator=generator, device=dev, dtype=dt)
+        if self.samples is None:
+            return fresh
+        idx = torch.randint(len(self), (n,), generator=generator, device=dev)
+        restart = torch.rand(n, generator=generator, device=dev) < alpha
+        restart = restart.reshape(n, *([1] * (len(shape) - 1)))
+        return torch.where(restart, fresh, self.samples[idx])
+
+    def __repr__(self) -> str:
+        return f"ReplayBuffer(capacity={self.capacity}, size={len(self)})"
+
+
+def contrastive_loss(energy: Callable[[Tensor], Tensor], x_pos: Tensor, x_neg: Tensor, reg: float = 0.0
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+    """L = mean U(x_pos) - mean U(x_neg) + reg * mean(U(x_pos)^2 + U(x_neg)^2).
+
+    ``x_neg`` is detached: its gradient in theta is line 14 of Algorithm 1 (the sampler is not
+    differentiated). Returns the loss and the batch's mean energies ``{"e_pos", "e_neg"}``.
+    """
+    if reg < 0:
+        raise ValueError(f"reg must be >= 0, got {reg}")
+    e_pos = energy(x_pos)
+    e_neg = energy(x_neg.detach())
+    loss = e_pos.mean() - e_neg.mean()
+    if reg:
+        loss = loss + reg * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
+    return loss, {"e_pos": e_pos.detach().mean(), "e_neg": e_neg.detach().mean()}
+
+
+@dataclass
+class EBMTrainingResult:
+    """What :func:`train_ebm` returns: per-iteration history and the last negative samples."""
+
+    loss: list[float] = field(default_factory=list)
+    e_pos: list[float] = field(default_factory=list)
+    e_neg: list[float] = field(default_factory=list)
+    negatives: Tensor | None = None
+    buffer: ReplayBuffer | None = None
+
+    def __repr__(self) -> str:
+        last = f", last loss {self.loss[-1]:.4g}" if self.loss else ""
+        return f"EBMTrainingResult({len(self.loss)} iterations{last})"
+
+
+def train_ebm(energy: torch.nn.Module, data: Tensor, *, n_iter: int, batch_size: int = 128, n_steps: int = 20,
+              gamma: float = 0.01, alpha: float = 0.05, chains: str = "replay", buffer_size: int | None = None,
+              reg: float = 0.1, lr: float = 1e-3, optimizer: torch.optim.Optimizer | None = None,
+              init_std: float = 1.0, max_energy: float = 1e4, generator: torch.Generator | None = None,
+              sampler: Callable[[Callable, Tensor, int], Tensor] | None = None, desc: str = "EBM (Algorithm 1)"
+              ) -> EBMTrainingResult:
+    """Train ``energy`` on ``data`` (shape ``(N, ...)``, on the energy's device) with Algorithm 1.
+
+    Each of the ``n_iter`` iterations: draw ``batch_size`` data points with replacement
+    (line 4); start chains as ``chains`` says (lines 5-9); run ``n_steps`` = K steps of ULA with
+    step ``gamma`` (lines 10-12; or ``sampler(energy, x0, K)`` if given); take one optimiser
+    step on :func:`contrastive_loss` with regularisation ``reg`` (line 14); update B (line 15).
+
+    The optimiser defaults to Adam(lr, betas=(0, 0.999)) as in Du & Mordatch (2019); the slides'
+    plain step is ``optimizer=torch.optim.SGD(energy.parameters(), lr=delta)``.
+
+    Stops with :class:`~coursekit.train.TrainingDiverged` (with advice) when the loss is NaN,
+    an energy exceeds ``max_energy`` in absolute value, or a chain diverges.
+    """
+    if chains not in CHAINS:
+        raise ValueError(f"chains={chains!r} unknown; choose one of {', '.join(CHAINS)}")
+    if not isinstance(data, Tensor) or data.dim() < 2 or data.shape[0] < 1:
+        raise ValueError(f"data must be a tensor of shape (N, ...) with N >= 1, got "
+                         f"{tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__}")
+    if not torch.isfinite(data).all():
+        raise ValueError("data contains NaN or infinite values; clean or standardise it first")
+    for name, v in (("n_iter", n_iter), ("batch_size", batch_size), ("n_steps", n_steps)):
+        if not isinstance(v, int) or v < (0 if name == "n_steps" else 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    params = list(energy.parameters())
+    if params and data.device != params[0].device:
+        raise ValueError(f"data is on {data.device} but the energy's parameters are on {params[0].device}; "
+                         f"move one of them (e.g. data.to(next(energy.parameters()).device))")
+    if optimizer is None:
+        optimizer = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.999))
+    run_chain = sampler or (lambda U, x0, K: ula(U, x0, gamma, K, generator=generator))
+    advice = ("Lower the ULA step gamma or the learning rate, or raise the energy regularisation `reg` "
+              "(it keeps energies near zero).")
+    buffer = ReplayBuffer(buffer_size) if chains == "replay" else None
+    persistent: Tensor | None = None
+    result = EBMTrainingResult(buffer=buffer)
+    energy.train()
+    for it in progress(range(n_iter), total=n_iter, desc=desc):
+        idx = torch.randint(data.shape[0], (batch_size,), generator=generator, device=data.device)
+        x_pos = data[idx]
+        if chains == "replay":
+            x0 = buffer.sample(batch_size, alpha, generator=generator, like=x_pos, init_std=init_std)
+        elif chains == "persistent" and persistent is not None:
+            x0 = persistent
+        else:
+            x0 = init_std * torch.randn(x_pos.shape, generator=generator, device=x_pos.device, dtype=x_pos.dtype)
+        try:
+            x_neg = run_chain(energy, x0, n_steps)
+        except FloatingPointError as err:
+            raise TrainingDiverged(f"training stopped at step {it}: {err} {advice}") from err
+        loss, stats = contrastive_loss(energy, x_pos, x_neg, reg)
+        result.loss.append(guard(loss, it, "contrastive loss", advice))
+        result.e_pos.append(guard(stats["e_pos"], it, "mean data energy U(X+)", advice, limit=max_energy))
+        result.e_neg.append(guard(stats["e_neg"], it, "mean sample energy U(X-)", advice, limit=max_energy))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if buffer is not None:
+            buffer.push(x_neg)
+        persistent = x_neg
+    energy.eval()
+    result.negatives = persistent
+    return result
