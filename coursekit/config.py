@@ -8,8 +8,8 @@ The single switch between the two modes is the environment variable ``COURSEKIT_
 
 Notebooks never edit cells to change mode: they ask :func:`pick` for each size.
 
->>> import os; os.environ["COURSEKIT_MODE"] = "fast"
->>> pick(fast=100, full=10_000)
+>>> settings = Settings(mode="fast", device=torch.device("cpu"), seed=0)
+>>> settings.pick(fast=100, full=10_000)
 100
 """
 

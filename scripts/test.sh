@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the course (what `make test` and .ci/run run):
 #   1. build the public book (executes every lecture; -W -n: warnings are errors);
-#   2. pytest: package unit tests, exercise checks (pass / blank / mistakes), generated files in sync,
+#   2. pytest: package unit tests and doctests, exercise checks (pass / blank / mistakes), generated files in sync,
 #      grading of every generated exercise notebook, the built HTML (offline, sidebar, Colab, math in Chromium),
 #      and nbval over every lecture and solution notebook.
 set -euo pipefail
@@ -20,7 +20,7 @@ t1=$(date +%s)
 
 export COURSEKIT_MODE="${COURSEKIT_MODE:-fast}"
 .venv/bin/python -m pytest -p no:cacheprovider --durations=15 \
-  --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
-  tests lectures solutions "$@"
+  --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --doctest-modules \
+  tests coursekit lectures solutions "$@"
 t2=$(date +%s)
 echo "book build: $((t1 - t0)) s, tests: $((t2 - t1)) s, total: $((t2 - t0)) s"
