@@ -182,7 +182,8 @@ def map_estimate(
         x0 = y @ A
     else:
         _check_batch(x0, p, "x0")
-    x = x0.detach().clone().to(y.dtype).requires_grad_(True)
+    # contiguous: L-BFGS flattens gradients with .view(-1), which fails on a transposed x0 (as from gaussian_map)
+    x = x0.detach().to(y.dtype).clone(memory_format=torch.contiguous_format).requires_grad_(True)
     opt = torch.optim.LBFGS(
         [x], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=tol * 1e-2,
         history_size=20, line_search_fn="strong_wolfe",

@@ -105,6 +105,18 @@ def test_gradient_map_works_with_a_non_gaussian_prior(digits64):
     assert (res.objective <= I.data_fit(A, y, sigma, x0) - log_prior(x0)).all()
 
 
+def test_map_accepts_a_non_contiguous_start(digits64):
+    """gaussian_map returns a transposed (non-contiguous) tensor; it must work as a warm start."""
+    train, test = digits64
+    prior = fit_gaussian(train, jitter=1e-2)
+    A = _operators()["inpainting"]
+    y = I.simulate(A, test[:5], 1.0, generator=torch.Generator().manual_seed(4))
+    start = I.gaussian_map(A, y, 1.0, prior.mean, prior.covariance_matrix).T.contiguous().T
+    assert not start.is_contiguous()
+    res = I.map_estimate(A, y, 1.0, prior.log_prob, x0=start, max_iter=50)
+    assert (res.x - start).abs().max() < 1e-3  # it started at the optimum and stays there
+
+
 def test_map_input_errors():
     A = I.denoising_operator(4)
     y = torch.zeros(3, 4)
