@@ -1,0 +1,141 @@
+"""Coupling layers (NICE, Real-NVP): partitions, triangular Jacobians, volume, stability."""
+
+import math
+
+import pytest
+import torch
+from torch.autograd.functional import jacobian
+
+from coursekit.flows import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Compose,
+    Flow,
+    Rescale,
+    alternating_masks,
+    checkerboard_mask,
+    half_mask,
+    make_nice,
+    make_realnvp,
+    random_partition,
+)
+
+
+def _jac(fn, v):
+    return jacobian(lambda t: fn(t).sum(0), v, vectorize=True).permute(1, 0, 2)
+
+
+def _perturb(m, scale=0.3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return m
+
+
+def test_masks():
+    assert half_mask(5).tolist() == [True, True, False, False, False]
+    assert (half_mask(5, flip=True) == ~half_mask(5)).all()
+    cb = checkerboard_mask((3, 4)).view(3, 4)
+    assert cb[0, 0] and not cb[0, 1] and not cb[1, 0] and cb[1, 1]
+    assert (checkerboard_mask((3, 4), parity=1) == ~checkerboard_mask((3, 4))).all()
+    g = torch.Generator().manual_seed(0)
+    assert int(random_partition(9, g).sum()) == 4
+    ms = alternating_masks(6, 4, kind="random", generator=g)
+    for a, b in zip(ms[::2], ms[1::2]):
+        assert (a == ~b).all()  # every coordinate is transformed once in each pair of layers
+    with pytest.raises(ValueError, match="checkerboard"):
+        alternating_masks(6, 2, kind="checkerboard")
+    with pytest.raises(ValueError, match="kind"):
+        alternating_masks(6, 2, kind="stripes")
+    with pytest.raises(ValueError, match="dim >= 2"):
+        half_mask(1)
+
+
+@pytest.mark.parametrize("cls", [AdditiveCoupling, AffineCoupling])
+def test_coupling_on_an_arbitrary_partition_is_triangular(cls):
+    torch.manual_seed(0)
+    mask = torch.tensor([False, True, False, False, True, True, False])  # scattered, r = 3
+    layer = _perturb(cls(7, mask=mask, hidden=(16,)).double())
+    z = torch.randn(5, 7, dtype=torch.float64)
+    x, ld = layer(z)
+    assert torch.equal(x[:, mask], z[:, mask])  # the conditioning part is copied
+    J = _jac(lambda t: layer(t)[0], z)
+    a, b = mask.nonzero().view(-1), (~mask).nonzero().view(-1)
+    # reorder to (a, b): [[I, 0], [*, diagonal]]
+    Jab = J[:, torch.cat([a, b])][:, :, torch.cat([a, b])]
+    assert torch.allclose(Jab[:, :3, :3], torch.eye(3, dtype=torch.float64).expand(5, 3, 3))
+    assert torch.all(Jab[:, :3, 3:] == 0)
+    block = Jab[:, 3:, 3:]
+    assert torch.all(block - torch.diag_embed(torch.diagonal(block, dim1=1, dim2=2)) == 0)
+    assert torch.allclose(ld, torch.linalg.slogdet(J)[1], atol=1e-10)
+    z2, ld_inv = layer.inverse(x)
+    assert torch.allclose(z2, z, atol=1e-12) and torch.allclose(ld_inv, -ld, atol=1e-12)
+
+
+def test_additive_coupling_preserves_volume_and_rescale_does_not():
+    torch.manual_seed(0)
+    nvp = _perturb(make_nice(4, n_layers=4, hidden=(16,), rescale=False).double())
+    z = torch.randn(10, 4, dtype=torch.float64)
+    x, ld = nvp(z)
+    assert torch.all(ld == 0)
+    assert torch.allclose(
+        torch.linalg.slogdet(_jac(lambda t: nvp(t)[0], z))[1], torch.zeros(10, dtype=torch.float64), atol=1e-10
+    )
+    # entropy is preserved: a volume-preserving flow of N(0, I) cannot reach the density level of N(0, 9 I)
+    flow = Flow(nvp).double()
+    _, lq = flow.sample_and_log_prob(20_000)
+    h_model = float(-lq.mean())
+    h_base = 0.5 * 4 * (1 + math.log(2 * math.pi))
+    assert abs(h_model - h_base) < 0.05  # Monte Carlo entropy of the model = entropy of the base
+    r = Rescale(4).double()
+    with torch.no_grad():
+        r.log_s.copy_(torch.tensor([0.0, 1.0, -2.0, 0.5], dtype=torch.float64))
+    x, ld = r(z)
+    assert torch.allclose(x, z * r.log_s.exp()) and torch.allclose(ld, torch.full_like(ld, -0.5))
+    assert torch.allclose(r.inverse(x)[0], z)
+
+
+def test_zero_init_starts_at_identity_and_stacks_match_autograd():
+    z = torch.randn(6, 64)
+    for model in (make_nice(64, n_layers=3), make_realnvp(64, n_layers=3, kind="checkerboard", shape=(8, 8))):
+        x, ld = model(z)
+        assert torch.equal(x, z) and torch.all(ld == 0)
+    torch.manual_seed(1)
+    model = _perturb(make_realnvp(6, n_layers=4, hidden=(8, 8), kind="random").double(), 0.2)
+    z = torch.randn(4, 6, dtype=torch.float64)
+    x, ld = model(z)
+    assert torch.allclose(ld, torch.linalg.slogdet(_jac(lambda t: model(t)[0], z))[1], atol=1e-9)
+    assert torch.allclose(model.inverse(x)[0], z, atol=1e-9)
+
+
+def test_soft_clamp_bounds_the_scales():
+    torch.manual_seed(0)
+    layer = _perturb(AffineCoupling(6, hidden=(32,), clamp=2.0), scale=50.0)  # absurd weights
+    z = 100 * torch.randn(100, 6)
+    x, ld = layer(z)
+    assert torch.isfinite(x).all() and ld.abs().max() <= 2.0 * 3 + 1e-4  # |alpha_i| <= clamp, 3 transformed coords
+    assert torch.isfinite(layer.inverse(x)[0]).all()
+    # near zero the clamp is the identity to first order: it does not change a well-behaved model
+    c = AffineCoupling(4, clamp=3.0)
+    s = torch.tensor([[1e-3, -2e-3]])
+    assert torch.allclose(c.clamp * torch.tanh(s / c.clamp), s, rtol=1e-6)
+
+
+def test_bad_settings_raise():
+    with pytest.raises(ValueError, match="each side"):
+        AdditiveCoupling(3, mask=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="entries"):
+        AffineCoupling(3, mask=torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="clamp"):
+        AffineCoupling(3, clamp=0.0)
+    with pytest.raises(ValueError, match="masks"):
+        make_realnvp(4, n_layers=3, masks=[half_mask(4)])
+    with pytest.raises(ValueError, match="expected"):
+        make_nice(4)(torch.zeros(2, 5))
+
+
+def test_repr_shows_the_partition():
+    assert "mask=abab" in repr(AdditiveCoupling(4, mask=torch.tensor([True, False, True, False])))
+    assert "clamp=3.0" in repr(AffineCoupling(4))
+    assert isinstance(make_nice(4), Compose)
