@@ -60,6 +60,15 @@ def progress(iterable=None, total: int | None = None, desc: str = "", **kwargs):
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, **kwargs)
 
 
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, model: torch.nn.Module, clip: float | None) -> None:
+    """One optimiser step on ``loss``, with optional gradient-norm clipping."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+
+
 def _param_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     p = next(model.parameters(), None)
     if p is None:
@@ -117,13 +126,9 @@ def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, 
         value = guard(loss, step, "negative log-likelihood",
                       advice="Lower the learning rate (lr), enable gradient clipping (clip=...), "
                              "or standardise the data (flows with a standard normal base expect data of scale ~1).")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(flow.parameters(), clip)
-        opt.step()
+        _step(opt, loss, flow, clip)
         history.append(value)
-        if step % 50 == 0 and hasattr(bar, "set_postfix"):
+        if step % 50 == 0:
             bar.set_postfix(nll=f"{value:.3f}")
     flow.eval()
     return history
@@ -172,13 +177,9 @@ def fit_reverse_kl(flow, log_target: Callable[[torch.Tensor], torch.Tensor], ste
         value = guard(loss, step, "reverse-KL loss",
                       advice="Lower the learning rate (lr), anneal the target (anneal=...), or clip gradients; "
                              "check that log_target is finite everywhere the flow can put mass.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(flow.parameters(), clip)
-        opt.step()
+        _step(opt, loss, flow, clip)
         history.append(value)
-        if step % 50 == 0 and hasattr(bar, "set_postfix"):
+        if step % 50 == 0:
             bar.set_postfix(loss=f"{value:.3f}")
     flow.eval()
     return history

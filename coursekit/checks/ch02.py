@@ -7,6 +7,7 @@ import torch
 
 from ..gaussian import gaussian_grad_log_density, gaussian_mle
 from ..grading import ExerciseFailure, exercise
+from ._common import close, tensor_pair
 
 __all__ = [
     "closed_form_mle", "sgd_step", "nn_distance", "reference_mle", "reference_sgd_step", "reference_nn_distance",
@@ -21,17 +22,8 @@ def _data(seed: int, n: int = 40, p: int = 3) -> torch.Tensor:
     return 2.0 + torch.randn(n, p, generator=g, dtype=torch.float64) @ mix
 
 
-def _pair(result, what: str):
-    if not (isinstance(result, (tuple, list)) and len(result) == 2):
-        raise ExerciseFailure(f"{what} must return a pair, got {type(result).__name__}")
-    a, b = result
-    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-        raise ExerciseFailure(f"{what} must return two torch tensors, got {type(a).__name__}, {type(b).__name__}")
-    return a.to(torch.float64), b.to(torch.float64)
-
-
 def _close(a, b, tol=1e-6):
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=tol, atol=tol))
+    return close(a, b, tol)
 
 
 # ------------------------------------------------------------------ 2.1: closed-form Gaussian MLE
@@ -51,7 +43,7 @@ def closed_form_mle(answer):
     for seed in (0, 1):
         x = _data(seed)
         n, p = x.shape
-        mean, cov = _pair(answer(x.clone()), "mle(x)")
+        mean, cov = tensor_pair(answer(x.clone()), "mle(x)")
         ref_mean, ref_cov = gaussian_mle(x)
         if mean.shape != (p,) or cov.shape != (p, p):
             raise ExerciseFailure(
@@ -112,7 +104,7 @@ def sgd_step(answer):
     m = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
     s = torch.tensor([0.3, 0.0, -0.2], dtype=torch.float64)
     gamma = 0.01
-    new_m, new_s = _pair(answer(m.clone(), s.clone(), batch.clone(), gamma), "sgd_step(m, s, batch, gamma)")
+    new_m, new_s = tensor_pair(answer(m.clone(), s.clone(), batch.clone(), gamma), "sgd_step(m, s, batch, gamma)")
     ref_m, ref_s = reference_sgd_step(m, s, batch, gamma)
     if new_m.shape != (p,) or new_s.shape != (p,):
         raise ExerciseFailure(f"expected m and s of shape {(p,)}, got {tuple(new_m.shape)} and {tuple(new_s.shape)}")

@@ -15,6 +15,7 @@ from torch.distributions import Independent, Normal
 
 from ..flows import Compose, Flow, Planar, Radial
 from ..grading import ExerciseFailure, exercise
+from ._common import close, require_callable
 
 __all__ = [
     "expectation_of_pushforward",
@@ -76,13 +77,8 @@ def _tensor(value, what: str, shape: tuple[int, ...]) -> torch.Tensor:
     return value
 
 
-def _callable(answer, name: str):
-    if not callable(answer):
-        raise ExerciseFailure(f"submit your function {name} itself (not its result)")
-
-
 def _close(a, b, tol=1e-6):
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=tol, atol=tol))
+    return close(a, b, tol)
 
 
 # ------------------------------------------------------------------ 3.1: E_theta[f(X)] through the base
@@ -113,7 +109,7 @@ def _quadrature_31(T, weight=None):
 @exercise("3.1", notebook=NOTEBOOK, title="Expectation under a push-forward (Monte Carlo)", points=2)
 def expectation_of_pushforward(answer):
     """``answer(f, T, base, n)`` estimates ``E[f(X)]``, ``X = T(Z)``, ``Z ~ base``, with n samples."""
-    _callable(answer, "expectation(f, T, base, n)")
+    require_callable(answer, "expectation(f, T, base, n)")
     T = Compose(*_maps()[:3])
     n = 200_000
     torch.manual_seed(31)
@@ -188,7 +184,7 @@ def _points(seed: int, n: int = 64) -> torch.Tensor:
 @exercise("3.2", notebook=NOTEBOOK, title="Density of a push-forward (change of variables)", points=2)
 def change_of_variables(answer):
     """``answer(x, T, base)`` returns ``log p_theta(x)`` for ``p_theta = (T)_# base``, one value per row."""
-    _callable(answer, "log_density(x, T, base)")
+    require_callable(answer, "log_density(x, T, base)")
     for T in (_maps()[0], _maps()[3]):
         x = _points(32)
         got = _tensor(answer(x.clone(), T, _base()), "log_density(x, T, base)", (len(x),))
@@ -242,7 +238,7 @@ def reference_log_density_composition(x, maps, base):
 @exercise("3.3", notebook=NOTEBOOK, title="Density of a composition of M maps", points=2)
 def density_of_composition(answer):
     """``answer(x, maps, base)`` with ``maps = [T^1, ..., T^M]`` (sampling applies T^1 first)."""
-    _callable(answer, "log_density_composition(x, maps, base)")
+    require_callable(answer, "log_density_composition(x, maps, base)")
     maps = _maps()
     x = _points(33)
     got = _tensor(answer(x.clone(), list(maps), _base()), "log_density_composition(x, maps, base)", (len(x),))
@@ -311,7 +307,7 @@ def _planar_map(z, w, u, b):
 @exercise("3.4", notebook=NOTEBOOK, title="Log-determinant of a planar map", points=2)
 def planar_log_det(answer):
     """``answer(z, w, u, b)``: ``log|det J_T(z)|`` for ``T(z) = z + u tanh(w^T z + b)``, one per row."""
-    _callable(answer, "planar_log_det(z, w, u, b)")
+    require_callable(answer, "planar_log_det(z, w, u, b)")
     g = torch.Generator().manual_seed(34)
     cases = [
         (torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.7, 0.3, -1.0]), 0.2),

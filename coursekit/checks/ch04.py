@@ -14,6 +14,7 @@ import torch
 
 from ..flows.coupling import AdditiveCoupling, AffineCoupling, Rescale
 from ..grading import ExerciseFailure, exercise
+from ._common import close, randomised, require_callable, tensor_pair
 
 __all__ = [
     "additive_coupling_inverse",
@@ -28,44 +29,17 @@ NOTEBOOK = "ex04_coupling"
 P, R, BATCH = 5, 2, 6  # data dimension, size of the conditioning block z_{1:r}, batch
 
 
-def _randomised(module, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    module = module.double()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return module
-
-
 def _points(seed: int) -> torch.Tensor:
     return 2 * torch.randn(BATCH, P, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def _close(a, b, tol=1e-8) -> bool:
-    return (
-        isinstance(a, torch.Tensor)
-        and a.shape == b.shape
-        and bool(torch.allclose(a.to(b.dtype), b, rtol=tol, atol=tol))
-    )
-
-
-def _callable(answer, name: str) -> None:
-    if not callable(answer):
-        raise ExerciseFailure(f"submit your function {name} itself (not its result)")
+    return close(a, b, tol)
 
 
 def _pair(result, what: str):
-    if not (isinstance(result, (tuple, list)) and len(result) == 2):
-        raise ExerciseFailure(f"{what} must return a pair (z, log_det), got {type(result).__name__}")
-    z, ld = result
-    if not isinstance(z, torch.Tensor) or not isinstance(ld, torch.Tensor):
-        raise ExerciseFailure(f"{what} must return two torch tensors, got {type(z).__name__} and {type(ld).__name__}")
-    if z.shape != (BATCH, P) or ld.shape != (BATCH,):
-        raise ExerciseFailure(
-            f"for x of shape {(BATCH, P)} expected z of shape {(BATCH, P)} and one log-determinant per row, shape "
-            f"{(BATCH,)}; got {tuple(z.shape)} and {tuple(ld.shape)} (keep z_{{1:r}} in z; use x.new_zeros(n) or .sum(-1))"
-        )
-    return z.to(torch.float64), ld.to(torch.float64)
+    return tensor_pair(result, what, shapes=((BATCH, P), (BATCH,)), names=("z", "one log-determinant per row"),
+                       hint='keep z_{1:r} in z; use x.new_zeros(n) or .sum(-1)')
 
 
 # ------------------------------------------------------------------ 4.1: additive coupling (lines 460-461)
@@ -80,9 +54,9 @@ def reference_additive_inverse(x, m, r):
 def additive_coupling_inverse(answer):
     """``answer(x, m, r) -> (z, log|det J_{T^{-1}}(x)|)`` for ``x_{1:r} = z_{1:r}``,
     ``x_{r+1:p} = z_{r+1:p} + m(z_{1:r})``."""
-    _callable(answer, "additive_inverse")
+    require_callable(answer, "additive_inverse")
     for seed in (0, 1):
-        layer = _randomised(AdditiveCoupling(P, hidden=(8,)), seed)
+        layer = randomised(AdditiveCoupling(P, hidden=(8,)), seed)
         x = _points(10 + seed)
         z, ld = _pair(answer(x.clone(), layer.net, R), "additive_inverse(x, m, r)")
         with torch.no_grad():
@@ -142,9 +116,9 @@ def reference_rescale_inverse(x, s):
 @exercise("4.2", notebook=NOTEBOOK, title="Inverse and Jacobian of NICE's rescaling layer", points=1)
 def rescale_inverse(answer):
     """``answer(x, s) -> (z, log|det J_{T^{-1}}(x)|)`` for ``T(z)_i = s_i z_i`` with ``s_i > 0``."""
-    _callable(answer, "rescale_inverse")
+    require_callable(answer, "rescale_inverse")
     for seed in (0, 1):
-        layer = _randomised(Rescale(P), seed)
+        layer = randomised(Rescale(P), seed)
         s = layer.log_s.detach().exp()
         x = _points(20 + seed)
         z, ld = _pair(answer(x.clone(), s.clone()), "rescale_inverse(x, s)")
@@ -215,9 +189,9 @@ def _affine_nets(layer: AffineCoupling):
 def affine_coupling_inverse(answer):
     """``answer(x, m, alpha, r) -> (z, log|det J_{T^{-1}}(x)|)`` for ``x_{1:r} = z_{1:r}``,
     ``x_{r+1:p} = z_{r+1:p} * exp(alpha(z_{1:r})) + m(z_{1:r})``."""
-    _callable(answer, "affine_inverse")
+    require_callable(answer, "affine_inverse")
     for seed in (0, 1):
-        layer = _randomised(AffineCoupling(P, hidden=(8,)), seed)
+        layer = randomised(AffineCoupling(P, hidden=(8,)), seed)
         m, alpha = _affine_nets(layer)
         x = _points(30 + seed)
         z, ld = _pair(answer(x.clone(), m, alpha, R), "affine_inverse(x, m, alpha, r)")

@@ -13,6 +13,7 @@ import torch
 
 from ..flows.autoregressive import IAF, MAF, SigmoidAR
 from ..grading import ExerciseFailure, exercise
+from ._common import close, randomised, require_callable, tensor_pair
 
 __all__ = [
     "iaf_own_density",
@@ -27,44 +28,17 @@ NOTEBOOK = "ex05_autoregressive"
 P, BATCH = 4, 6
 
 
-def _randomised(module, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    module = module.double()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return module
-
-
 def _points(seed: int) -> torch.Tensor:
     return torch.randn(BATCH, P, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def _close(a, b, tol=1e-7) -> bool:
-    return (
-        isinstance(a, torch.Tensor)
-        and a.shape == b.shape
-        and bool(torch.allclose(a.to(b.dtype), b, rtol=tol, atol=tol))
-    )
-
-
-def _callable(answer, name: str) -> None:
-    if not callable(answer):
-        raise ExerciseFailure(f"submit your function {name} itself (not its result)")
+    return close(a, b, tol)
 
 
 def _pair(result, what: str):
-    if not (isinstance(result, (tuple, list)) and len(result) == 2):
-        raise ExerciseFailure(f"{what} must return a pair (z, log_det), got {type(result).__name__}")
-    z, ld = result
-    if not (isinstance(z, torch.Tensor) and isinstance(ld, torch.Tensor)):
-        raise ExerciseFailure(f"{what} must return two torch tensors, got {type(z).__name__} and {type(ld).__name__}")
-    if z.shape != (BATCH, P) or ld.shape != (BATCH,):
-        raise ExerciseFailure(
-            f"for x of shape {(BATCH, P)} expected z of shape {(BATCH, P)} and one log-determinant per row, "
-            f"shape {(BATCH,)}; got {tuple(z.shape)} and {tuple(ld.shape)} (sum over the coordinates with .sum(-1))"
-        )
-    return z.to(torch.float64), ld.to(torch.float64)
+    return tensor_pair(result, what, shapes=((BATCH, P), (BATCH,)), names=("z", "one log-determinant per row"),
+                       hint='sum over the coordinates with .sum(-1)')
 
 
 class _Counted:
@@ -90,9 +64,9 @@ def reference_maf_inverse(x, conditioner):
 def maf_inverse(answer):
     """``answer(x, conditioner) -> (z, log|det J_{T^{-1}}(x)|)`` for the MAF layer
     ``x_i = exp(alpha_i(x_{<i})) z_i + m_i(x_{<i})``; ``conditioner(u) -> (m, alpha)``."""
-    _callable(answer, "maf_inverse")
+    require_callable(answer, "maf_inverse")
     for seed in (0, 1):
-        maf = _randomised(MAF(P, hidden=(12,), order="random", seed=seed), seed)
+        maf = randomised(MAF(P, hidden=(12,), order="random", seed=seed), seed)
         x = _points(10 + seed)
         counted = _Counted(maf.conditioner)
         z, ld = _pair(answer(x.clone(), counted), "maf_inverse(x, conditioner)")
@@ -162,9 +136,9 @@ def reference_sigmoid_ar_reverse(x, gate):
 def sigmoid_ar_reverse(answer):
     """``answer(x, gate) -> (z, log|det J_T(z)|)`` for ``T(z)_i = sigma_i z_i + (1 - sigma_i) m_i`` with
     ``m_i, sigma_i`` reading ``x_{<i}``; ``gate(u) -> (m, sigma)``."""
-    _callable(answer, "sigmoid_ar_reverse")
+    require_callable(answer, "sigmoid_ar_reverse")
     for seed in (0, 1):
-        layer = _randomised(SigmoidAR(P, hidden=(12,), order="random", seed=seed), seed)
+        layer = randomised(SigmoidAR(P, hidden=(12,), order="random", seed=seed), seed)
 
         def gate(u, layer=layer):
             m, log_s = layer._gate(u)
@@ -239,10 +213,10 @@ def reference_iaf_log_density(z, conditioner):
 def iaf_own_density(answer):
     """``answer(z, conditioner) -> log p_theta(T_theta(z))`` (one value per row) for the IAF layer
     ``x_i = exp(alpha_i(z_{<i})) z_i + m_i(z_{<i})`` on a standard Gaussian base."""
-    _callable(answer, "iaf_log_density")
+    require_callable(answer, "iaf_log_density")
     normal = torch.distributions.Normal(0.0, 1.0)
     for seed in (0, 1):
-        iaf = _randomised(IAF(P, hidden=(12,), order="random", seed=seed), seed)
+        iaf = randomised(IAF(P, hidden=(12,), order="random", seed=seed), seed)
         z = _points(30 + seed)
         counted = _Counted(iaf.conditioner)
         log_p = answer(z.clone(), counted)

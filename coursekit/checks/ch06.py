@@ -15,6 +15,7 @@ import torch
 
 from ..ebm.energy import QuarticEnergy1D, log_partition_1d, sample_1d
 from ..grading import ExerciseFailure, exercise
+from ._common import require_callable
 
 __all__ = ["grad_log_z", "hess_log_z", "ula_step", "ula_variance", "algorithm1_loss",
            "reference_grad_log_z", "reference_hess_log_z", "reference_ula_step", "reference_ula_variance",
@@ -22,11 +23,6 @@ __all__ = ["grad_log_z", "hess_log_z", "ula_step", "ula_variance", "algorithm1_l
 
 NOTEBOOK = "ex06_ebm"
 THETA = (0.7, -0.3)
-
-
-def _callable(answer, name: str) -> None:
-    if not callable(answer):
-        raise ExerciseFailure(f"submit your function {name} itself (not its result)")
 
 
 def _tensor(result, shape, what: str) -> torch.Tensor:
@@ -87,7 +83,7 @@ def reference_grad_log_z(grad_U):
 
 @exercise("6.1", notebook=NOTEBOOK, title="The gradient of log Z (Proposition 1)", points=2)
 def grad_log_z(answer):
-    _callable(answer, "grad_log_Z")
+    require_callable(answer, "grad_log_Z")
     _, gU, _, exact, _ = _problem()
     got = _tensor(answer(gU.clone()), (2,), "grad_log_Z(grad_U)")
     if _close(got, exact, 2e-3):
@@ -119,7 +115,7 @@ def reference_hess_log_z(grad_U, hess_U):
 
 @exercise("6.2", notebook=NOTEBOOK, title="The Hessian of log Z (Proposition 1)", points=3)
 def hess_log_z(answer):
-    _callable(answer, "hess_log_Z")
+    require_callable(answer, "hess_log_Z")
     _, gU, hU, _, exact = _problem()
     got = _tensor(answer(gU.clone(), hU.clone()), (2, 2), "hess_log_Z(grad_U, hess_U)")
     if _close(got, exact, 2e-3):
@@ -158,7 +154,7 @@ def reference_ula_step(x, grad_U, gamma, z):
 
 @exercise("6.3", notebook=NOTEBOOK, title="One step of the Unadjusted Langevin Algorithm", points=2)
 def ula_step(answer):
-    _callable(answer, "ula_step")
+    require_callable(answer, "ula_step")
     g = torch.Generator().manual_seed(6)
     x, grad, z = (torch.randn(7, 3, generator=g, dtype=torch.float64) for _ in range(3))
     for gamma in (0.01, 0.3):
@@ -196,7 +192,7 @@ def reference_ula_variance(s2, gamma):
 
 @exercise("6.4", notebook=NOTEBOOK, title="The bias of ULA on a Gaussian target", points=2)
 def ula_variance(answer):
-    _callable(answer, "ula_variance")
+    require_callable(answer, "ula_variance")
     cases = [(1.0, 0.1), (1.0, 1.0), (0.5, 0.3), (3.0, 0.5)]
     for s2, gamma in cases:
         try:
@@ -234,7 +230,7 @@ def reference_algorithm1_loss(U, x_pos, x_neg, reg):
 
 @exercise("6.5", notebook=NOTEBOOK, title="The loss of Algorithm 1", points=2)
 def algorithm1_loss(answer):
-    _callable(answer, "algorithm1_loss")
+    require_callable(answer, "algorithm1_loss")
     g = torch.Generator().manual_seed(65)
     w = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
 
