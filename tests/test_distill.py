@@ -76,3 +76,28 @@ def test_divergence_and_bad_settings_raise_clear_errors():
         distill(student, maf_flow(2, 1), steps=0)
     with pytest.raises(ValueError, match="lr"):
         distill(student, maf_flow(2, 1), lr=-1.0)
+
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+def test_learning_rate_schedule(monkeypatch, cosine):
+    """cosine=True decays the rate from lr to 0 along a cosine; cosine=False keeps it constant."""
+    import coursekit.distill as distill_module
+
+    used = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            used.append(self.param_groups[0]["lr"])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(distill_module.torch.optim, "Adam", RecordingAdam)
+    torch.manual_seed(0)
+    teacher, student = maf_flow(2, n_layers=1, hidden=(8,)), iaf_flow(2, n_layers=1, hidden=(8,))
+    distill(student, teacher, steps=40, batch_size=32, lr=2e-3, cosine=cosine)
+    assert len(used) == 40 and used[0] == pytest.approx(2e-3)
+    if cosine:
+        expected = [1e-3 * (1 + math.cos(math.pi * k / 40)) for k in range(40)]
+        assert used == pytest.approx(expected, rel=1e-6)
+    else:
+        assert used == [2e-3] * 40
