@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["TrainingDiverged", "guard", "progress", "fit_mle", "fit_reverse_kl"]
+__all__ = ["History", "TrainingDiverged", "guard", "progress", "fit_mle", "fit_reverse_kl"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,9 +85,24 @@ def _check_training_args(steps, lr, batch_size, what_batch):
         raise ValueError(f"lr must be a positive learning rate, got {lr!r}")
 
 
+class History(list):
+    """The per-step training losses (a plain ``list`` of floats), with the validation record.
+
+    ``val`` lists ``(step, value)`` pairs, one per validation pass (empty without validation
+    data); ``best_step`` is the step whose parameters were kept (``None`` without validation).
+    """
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.val: list[tuple[int, float]] = []
+        self.best_step: int | None = None
+
+
 def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, lr: float = 1e-3,
             weight_decay: float = 0.0, clip: float | None = 10.0, seed: int | None = None,
-            optimizer: torch.optim.Optimizer | None = None, desc: str = "MLE") -> list[float]:
+            optimizer: torch.optim.Optimizer | None = None, desc: str = "MLE",
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            val_data: torch.Tensor | None = None, val_every: int = 100) -> History:
     """Fit ``flow`` to ``data`` by maximum likelihood (Adam on minibatches); return the loss history.
 
     Each step draws ``batch_size`` rows of ``data`` uniformly (with replacement) and takes a step
@@ -95,6 +110,16 @@ def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, 
     KL divergence to the data up to a constant. ``data`` is moved to the flow's device and dtype
     once. ``clip`` bounds the gradient norm (``None``: no clipping); ``seed`` seeds the batch
     draws. Raises :class:`TrainingDiverged` on a NaN/infinite loss.
+
+    ``transform`` is applied to every minibatch before its log-likelihood, e.g. fresh
+    dequantisation noise for integer pixels (``transform=lambda k: uniform_dequantize(k, 17)``):
+    noise drawn once for the whole data set and reused for many epochs lets a flow fit the
+    noise itself, a spiky density that scores worse on fresh noise the longer it trains.
+
+    With ``val_data``, the negative log-likelihood of the validation data (``transform`` applied
+    once, so that every pass sees the same noise) is computed every ``val_every`` steps and after
+    the last step, and the parameters with the lowest value are restored at the end (early
+    stopping). The passes are recorded in ``history.val``, the step kept in ``history.best_step``.
 
     >>> from coursekit.flows import Flow, Planar, Compose
     >>> _ = torch.manual_seed(0)
@@ -104,25 +129,28 @@ def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, 
     (20, True)
     """
     _check_training_args(steps, lr, batch_size, "batch_size")
+    if not isinstance(val_every, int) or isinstance(val_every, bool) or val_every < 1:
+        raise ValueError(f"val_every must be a positive integer (steps between validation passes), got {val_every!r}")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be a function of a batch, got {type(transform).__name__}")
     dev, dtype = _param_device_dtype(flow)
-    if not isinstance(data, torch.Tensor):
-        raise TypeError(f"data must be a torch.Tensor of shape (N, {flow.dim}), got {type(data).__name__}")
-    if data.dim() < 2 or tuple(data.shape[1:]) != tuple(flow.event_shape):
-        raise ValueError(f"data has shape {tuple(data.shape)}, expected (N, {', '.join(map(str, flow.event_shape))}) "
-                         f"to match the flow's event shape")
-    if not torch.isfinite(data).all():
-        raise ValueError("data contains NaN or infinite values; remove or impute them before training")
-    data = data.to(device=dev, dtype=dtype)
+    data = _check_data(flow, data, "data")
+    history = History()
+    val = None
+    if val_data is not None:
+        val = _check_data(flow, val_data, "val_data")
+        with torch.no_grad():
+            val = _batch(val, transform, flow, "val_data")
+        best = (math.inf, None)
     gen = torch.Generator(device=dev)
     # without a seed, the batch order follows torch's global RNG (seeded by coursekit.setup)
     gen.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
     opt = optimizer or torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay)
-    history: list[float] = []
     flow.train()
     bar = progress(range(steps), total=steps, desc=desc)
     for step in bar:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen, device=dev)
-        loss = -flow.log_prob(data[idx]).mean()
+        loss = -flow.log_prob(_batch(data[idx], transform, flow, "data")).mean()
         value = guard(loss, step, "negative log-likelihood",
                       advice="Lower the learning rate (lr), enable gradient clipping (clip=...), "
                              "or standardise the data (flows with a standard normal base expect data of scale ~1).")
@@ -130,8 +158,47 @@ def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, 
         history.append(value)
         if step % 50 == 0:
             bar.set_postfix(nll=f"{value:.3f}")
+        if val is not None and ((step + 1) % val_every == 0 or step + 1 == steps):
+            flow.eval()
+            with torch.no_grad():
+                v = float(-flow.log_prob(val).mean())
+            flow.train()
+            history.val.append((step + 1, v))
+            if v < best[0]:  # a NaN never wins, so a diverged model is not kept
+                best = (v, {k: t.detach().clone() for k, t in flow.state_dict().items()})
+                history.best_step = step + 1
     flow.eval()
+    if val is not None:
+        if best[1] is None:
+            raise TrainingDiverged("the validation negative log-likelihood was never finite; "
+                                   "lower the learning rate or check val_data against the training data")
+        flow.load_state_dict(best[1])
     return history
+
+
+def _check_data(flow, data, name: str) -> torch.Tensor:
+    """``data`` as a tensor of the flow's event shape, on its device and dtype; clear errors otherwise."""
+    dev, dtype = _param_device_dtype(flow)
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, {flow.dim}), got {type(data).__name__}")
+    if data.dim() < 2 or tuple(data.shape[1:]) != tuple(flow.event_shape):
+        raise ValueError(f"{name} has shape {tuple(data.shape)}, expected (N, {', '.join(map(str, flow.event_shape))}) "
+                         f"to match the flow's event shape")
+    if data.shape[0] < 1:
+        raise ValueError(f"{name} is empty; it needs at least one row")
+    if not torch.isfinite(data).all():
+        raise ValueError(f"{name} contains NaN or infinite values; remove or impute them before training")
+    return data.to(device=dev, dtype=dtype)
+
+
+def _batch(x: torch.Tensor, transform, flow, name: str) -> torch.Tensor:
+    if transform is None:
+        return x
+    y = transform(x)
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"transform must return a tensor of the batch's shape {tuple(x.shape)}, got {got} (on {name})")
+    return y
 
 
 def fit_reverse_kl(flow, log_target: Callable[[torch.Tensor], torch.Tensor], steps: int = 1000, n_samples: int = 256,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from coursekit.data import log_normalizer, log_target, sample_toy
-from coursekit.flows import Compose, Flow, Planar
+from coursekit.flows import Compose, Flow, Planar, uniform_dequantize
 from coursekit.train import TrainingDiverged, fit_mle, fit_reverse_kl, guard
 
 
@@ -108,3 +108,57 @@ def test_fit_mle_moves_cpu_data_to_a_gpu_flow():
     flow = _flow().cuda()
     hist = fit_mle(flow, torch.randn(300, 2), steps=3, seed=0)
     assert len(hist) == 3
+
+
+def test_fit_mle_transform_sees_every_batch_fresh():
+    """``transform`` runs once per step on that step's batch (fresh dequantisation noise each time)."""
+    seen = []
+
+    def dequantize(k):
+        seen.append(k.clone())
+        return uniform_dequantize(k, 4)
+
+    k = torch.randint(0, 4, (64, 2)).float()
+    hist = fit_mle(_flow(), k, steps=7, batch_size=16, seed=0, transform=dequantize)
+    assert len(hist) == 7 and len(seen) == 7
+    assert all(b.shape == (16, 2) for b in seen)
+    assert all(bool(((b == b.round()) & (b >= 0) & (b <= 3)).all()) for b in seen)  # the integers, before the noise
+
+
+def test_fit_mle_keeps_the_parameters_with_the_best_validation_nll():
+    """Training data far from the validation data: the validation NLL rises as the flow learns,
+    so early stopping must restore an early state, not the last one."""
+    torch.manual_seed(0)
+    flow = _flow()
+    train = torch.randn(512, 2) * 0.1 + 3.0
+    val = torch.randn(256, 2)
+    hist = fit_mle(flow, train, steps=60, batch_size=64, lr=2e-2, seed=0, val_data=val, val_every=10)
+    steps, values = zip(*hist.val)
+    assert steps == (10, 20, 30, 40, 50, 60)
+    assert hist.best_step == steps[values.index(min(values))]
+    assert min(values) < values[-1] - 0.5  # the validation NLL really did rise
+    with torch.no_grad():
+        restored = -flow.log_prob(val).mean().item()
+    assert restored == pytest.approx(min(values), rel=1e-6)
+    assert hist.best_step < 60
+
+
+def test_fit_mle_records_a_last_validation_pass_and_nothing_without_val_data():
+    hist = fit_mle(_flow(), torch.randn(100, 2), steps=25, seed=0, val_data=torch.randn(50, 2), val_every=10)
+    assert [s for s, _ in hist.val] == [10, 20, 25]
+    plain = fit_mle(_flow(), torch.randn(100, 2), steps=5, seed=0)
+    assert plain.val == [] and plain.best_step is None
+
+
+def test_fit_mle_rejects_bad_transform_and_validation_settings():
+    flow, data = _flow(), torch.randn(20, 2)
+    with pytest.raises(ValueError, match="val_every must be a positive integer"):
+        fit_mle(flow, data, steps=1, val_data=data, val_every=0)
+    with pytest.raises(TypeError, match="transform must be a function"):
+        fit_mle(flow, data, steps=1, transform=3)
+    with pytest.raises(ValueError, match=r"transform must return a tensor of the batch's shape \(8, 2\), got \(8, 1\)"):
+        fit_mle(flow, data, steps=1, batch_size=8, transform=lambda x: x[:, :1])
+    with pytest.raises(ValueError, match=r"val_data has shape \(5, 3\), expected \(N, 2\)"):
+        fit_mle(flow, data, steps=1, val_data=torch.randn(5, 3))
+    with pytest.raises(ValueError, match="val_data contains NaN"):
+        fit_mle(flow, data, steps=1, val_data=torch.tensor([[0.0, float("nan")]]))
