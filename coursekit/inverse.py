@@ -155,6 +155,8 @@ def map_estimate(
     x0: Tensor | None = None,
     max_iter: int = 500,
     tol: float = 1e-7,
+    box: tuple[float, float] | None = None,
+    wall: float = 1e4,
 ) -> MAPResult:
     """MAP estimate ``argmin_x ||A x - y||^2 / (2 sigma^2) - log_prior(x)`` by L-BFGS.
 
@@ -165,6 +167,13 @@ def map_estimate(
         x0: starting point ``(n, p)``; default the least-squares start ``A^T y`` (the observed pixels
             in place for a mask).
         max_iter: L-BFGS iterations; tol: tolerance on the gradient and on changes.
+        box: ``(lo, hi)``, for a prior that is only defined on the box ``[lo, hi]^p`` (a flow
+            whose last layer is a logit map, a Beta density). L-BFGS's line search may try
+            points outside it; there the prior is evaluated at the point clipped into the box
+            and a quadratic wall ``wall * ||x - clip(x)||^2`` is added, which leaves the
+            minimiser unchanged when it lies inside the box and keeps the objective finite
+            and smooth enough for the line search. The estimate is clipped into the box.
+        wall: curvature of that wall (per squared unit of ``x``); only used with ``box``.
 
     The images are independent, so the objectives are summed and solved as one problem.
     Raises :class:`~coursekit.train.TrainingDiverged` if the objective turns NaN or infinite.
@@ -178,6 +187,11 @@ def map_estimate(
     m, p = A.shape
     _check_batch(y, m, "observations y")
     sigma = _check_sigma(sigma, allow_zero=False)
+    if box is not None:
+        if len(box) != 2 or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in box) or box[0] >= box[1]:
+            raise ValueError(f"box must be a pair (lo, hi) of finite numbers with lo < hi, got {box!r}")
+        if not (isinstance(wall, (int, float)) and math.isfinite(wall) and wall > 0):
+            raise ValueError(f"wall must be a positive number, got {wall!r}")
     if x0 is None:
         x0 = y @ A
     else:
@@ -190,9 +204,12 @@ def map_estimate(
     )
 
     def objective_per_image(z):
-        lp = log_prior(z)
+        inside = z if box is None else z.clamp(*box)
+        lp = log_prior(inside)
         if lp.shape != (z.shape[0],):
             raise ValueError(f"log_prior must return one value per image, shape ({z.shape[0]},), got {tuple(lp.shape)}")
+        if box is not None:
+            lp = lp - wall * ((z - inside) ** 2).sum(-1)
         return data_fit(A, y, sigma, z) - lp
 
     def closure():
@@ -209,6 +226,8 @@ def map_estimate(
     opt.step(closure)
     n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
     with torch.no_grad():
+        if box is not None:
+            x.clamp_(*box)
         obj = objective_per_image(x)
     return MAPResult(x.detach(), obj.detach(), n_iter)
 

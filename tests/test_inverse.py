@@ -117,6 +117,37 @@ def test_map_accepts_a_non_contiguous_start(digits64):
     assert (res.x - start).abs().max() < 1e-3  # it started at the optimum and stays there
 
 
+def test_map_with_a_prior_defined_on_a_box():
+    """A Beta(2, 2) prior lives on (0, 1); observations outside it make the plain solver fail
+    (log of a negative number), while ``box`` finds the MAP, checked against bisection on the
+    1-D optimality condition (x - y) / sigma^2 - 1/x + 1/(1 - x) = 0 of each pixel."""
+    y = torch.tensor([[1.3, -0.2, 0.5, 0.9]], dtype=torch.float64)
+    sigma = 0.3
+    log_prior = lambda x: (torch.log(x) + torch.log1p(-x)).sum(-1)  # noqa: E731
+    A = I.denoising_operator(4).double()
+    with pytest.raises(TrainingDiverged):
+        I.map_estimate(A, y, sigma, log_prior)
+    res = I.map_estimate(A, y, sigma, log_prior, box=(1e-9, 1 - 1e-9), tol=1e-12)
+    lo, hi = torch.full_like(y, 1e-12), torch.full_like(y, 1 - 1e-12)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        grad = (mid - y) / sigma**2 - 1 / mid + 1 / (1 - mid)
+        lo, hi = torch.where(grad < 0, mid, lo), torch.where(grad < 0, hi, mid)
+    assert torch.allclose(res.x, (lo + hi) / 2, atol=1e-6)
+    assert ((res.x > 0) & (res.x < 1)).all()
+
+
+def test_map_box_errors():
+    A, y = I.denoising_operator(2), torch.zeros(1, 2)
+    flat = lambda x: torch.zeros(x.shape[0])  # noqa: E731
+    with pytest.raises(ValueError, match="box must be a pair"):
+        I.map_estimate(A, y, 1.0, flat, box=(1.0, 0.0))
+    with pytest.raises(ValueError, match="box must be a pair"):
+        I.map_estimate(A, y, 1.0, flat, box=(0.0, float("inf")))
+    with pytest.raises(ValueError, match="wall must be a positive number"):
+        I.map_estimate(A, y, 1.0, flat, box=(0.0, 1.0), wall=0.0)
+
+
 def test_map_input_errors():
     A = I.denoising_operator(4)
     y = torch.zeros(3, 4)
