@@ -177,7 +177,8 @@ def dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     bound on the 17 atoms); adding uniform noise gives a continuous law whose log-likelihood
     lower-bounds the discrete one (Theis et al., 2016). Input in the ``0..16`` scale.
     """
+    from ..flows.images import uniform_dequantize  # the one implementation (it also checks the values)
+
     if not torch.is_floating_point(x):
         raise TypeError(f"dequantize expects float images in the 0..16 scale, got dtype {x.dtype}")
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return (x + u) / (DIGITS_MAX + 1.0)
+    return uniform_dequantize(x, int(DIGITS_MAX) + 1, generator)
