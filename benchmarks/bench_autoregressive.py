@@ -19,14 +19,15 @@ are the median over ``--repeats`` timed runs after a warm-up; the GPU is synchro
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's coursekit
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import throughput  # noqa: E402
 
 
 def build_coursekit(p, layers, hidden):
@@ -66,46 +67,12 @@ def build_normflows(p, layers, hidden):
 BUILDERS = {"coursekit": build_coursekit, "zuko": build_zuko, "nflows": build_nflows, "normflows": build_normflows}
 
 
-def timed(fn, device, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def bench(name, args, device):
     torch.manual_seed(0)
     model, log_prob, sample = BUILDERS[name](args.dim, args.layers, args.hidden)
     model = model.to(device)
     x = torch.randn(args.batch, args.dim, device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def train_steps():
-        for _ in range(args.steps):
-            opt.zero_grad(set_to_none=True)
-            loss = -log_prob(x).mean()
-            loss.backward()
-            opt.step()
-
-    def density():
-        with torch.no_grad():
-            log_prob(x)
-
-    def sampling():
-        with torch.no_grad():
-            sample(args.batch)
-
-    t_train = timed(train_steps, device, args.repeats) / args.steps
-    t_density = timed(density, device, args.repeats)
-    t_sample = timed(sampling, device, args.repeats)
-    return 1 / t_train, args.batch / t_density, args.batch / t_sample
+    return throughput(model, log_prob, sample, x, args.steps, args.repeats)
 
 
 def main(argv=None):

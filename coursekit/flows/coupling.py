@@ -170,12 +170,21 @@ class _Coupling(Bijection):
         self.register_buffer("idx_b", idx_b)
         self.register_buffer("undo", torch.argsort(order))  # puts [a, b] back in coordinate order
         self.r = r
+        # Two contiguous blocks (half/half masks): split by views and merge by one concatenation
+        # instead of gathering, which saves two copies of the batch per layer.
+        lo_a, lo_b = int(idx_a[0]), int(idx_b[0])
+        blocks = bool((idx_a == torch.arange(lo_a, lo_a + r)).all() and (idx_b == torch.arange(lo_b, lo_b + dim - r)).all())
+        self._blocks = (lo_a, lo_b) if blocks else None
         self.net = MLP(r, n_params * (dim - r), hidden, zero_init=zero_init)
 
     def _split(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        if self._blocks is not None:
+            return t.narrow(1, self._blocks[0], self.r), t.narrow(1, self._blocks[1], self.dim - self.r)
         return t.index_select(1, self.idx_a), t.index_select(1, self.idx_b)
 
     def _merge(self, a: Tensor, b: Tensor) -> Tensor:
+        if self._blocks is not None:
+            return torch.cat([a, b] if self._blocks[0] == 0 else [b, a], dim=1)
         return torch.cat([a, b], dim=1).index_select(1, self.undo)
 
     def extra_repr(self) -> str:

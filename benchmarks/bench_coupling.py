@@ -1,0 +1,200 @@
+"""Benchmark: coursekit's coupling flows (Real-NVP, NICE) against zuko, nflows and normflows.
+
+Two measurements, both never run by the test suite:
+
+* speed (always): training steps per second, log-densities and samples per second, on
+  Gaussian data of dimension ``--dim``;
+* test NLL (``--nll``): every library trains the same size of model on scikit-learn's 8x8
+  digits with the same loop, budget and data, and is scored on the same test images.
+
+Run it in the environment that has the peer libraries next to the same torch (see
+``bench_autoregressive.py`` for how to make it)::
+
+    OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_coupling.py             # speed
+    OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_coupling.py --nll       # + digits
+    /work/venvs/peers/bin/python benchmarks/bench_coupling.py --model nice --device cuda
+
+The models, as close as each API allows: ``--layers`` coupling layers whose conditioner is an
+MLP with two hidden layers of ``--hidden`` units, partitions alternating between layers, on a
+standard Gaussian base. The differences that remain, stated so the figures can be read:
+
+* coursekit: ``make_realnvp`` / ``make_nice`` with half/half partitions for speed and the
+  8x8 checkerboard of chapter 4 for digits; log-scale soft-clamped, ``clamp * tanh(s / clamp)``
+  (clamp 3 here; chapter 4 chose 0.5 on validation, which is not used, to be fair to peers
+  run with their defaults); NICE ends with its diagonal rescaling.
+* zuko: ``RealNVP`` / ``NICE``, even/odd coordinates alternating; its affine maps bound the
+  slope from below.
+* nflows: ``SimpleRealNVP`` (``use_volume_preserving=True`` for NICE), even/odd partitions;
+  its conditioner is a residual net, and ``num_blocks_per_layer=1`` already gives it four
+  linear layers (one more than the others); scale ``sigmoid(s + 2) + 1e-3``.
+* normflows: ``AffineCouplingBlock`` (``scale=False`` for NICE) on halves with a swap
+  between layers, ``nets.MLP`` zero-initialised; scale ``exp(s)`` unbounded (its default).
+
+The digits protocol (``--nll``): pixels k in {0..16} are dequantised afresh for every batch,
+y = (k + u)/17, and sent to logit space by coursekit's ``Logit`` (alpha 0.05), whose
+log-determinant is added to every library's log-density, so all report the NLL of the same
+discrete data: -log p(y) + 64 log 17 nats per image (:func:`coursekit.flows.discrete_nll`),
+also in bits per dimension. Adam (lr ``--lr``), batches of 128, ``--steps`` steps, validation
+NLL every 100 steps with the best state restored at the end, test NLL with fixed noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's coursekit
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import n_params, throughput  # noqa: E402
+
+K = 17  # digits' pixel values 0..16
+
+
+def build_coursekit(p, layers, hidden, nice, image):
+    from coursekit.flows import Flow, make_nice, make_realnvp, set_validation
+
+    set_validation(False)  # the NaN check synchronises with the GPU; the others do not check
+    kw = dict(kind="checkerboard", shape=(8, 8)) if image else dict(kind="half")
+    body = (make_nice if nice else make_realnvp)(p, n_layers=layers, hidden=(hidden, hidden), **kw)
+    flow = Flow(body)
+    return flow, flow.log_prob, flow.sample
+
+
+def build_zuko(p, layers, hidden, nice, image):
+    import zuko
+
+    cls = zuko.flows.NICE if nice else zuko.flows.RealNVP
+    flow = cls(features=p, transforms=layers, hidden_features=(hidden, hidden))
+    return flow, lambda x: flow().log_prob(x), lambda n: flow().sample((n,))
+
+
+def build_nflows(p, layers, hidden, nice, image):
+    from nflows.flows import SimpleRealNVP
+
+    flow = SimpleRealNVP(features=p, hidden_features=hidden, num_layers=layers, num_blocks_per_layer=1,
+                         use_volume_preserving=nice)
+    return flow, flow.log_prob, flow.sample
+
+
+def build_normflows(p, layers, hidden, nice, image):
+    import normflows as nf
+
+    flows = []
+    for _ in range(layers):
+        half = p // 2
+        net = nf.nets.MLP([half, hidden, hidden, (p - half) * (1 if nice else 2)], init_zeros=True)
+        flows += [nf.flows.AffineCouplingBlock(net, scale=not nice), nf.flows.Permute(p, mode="swap")]
+    model = nf.NormalizingFlow(q0=nf.distributions.DiagGaussian(p, trainable=False), flows=flows)
+    return model, model.log_prob, lambda n: model.sample(n)[0]
+
+
+BUILDERS = {"coursekit": build_coursekit, "zuko": build_zuko, "nflows": build_nflows, "normflows": build_normflows}
+
+
+def digits_nll(name, args, device):
+    """Train on the digits with the shared protocol; return (test NLL nats, bits/dim, params, s, kept step)."""
+    from coursekit.data import load_digits_split
+    from coursekit.flows import Logit, bits_per_dim, discrete_nll, uniform_dequantize
+
+    digits = load_digits_split(seed=0, device=device)
+    torch.manual_seed(args.seed)
+    model, log_prob, _ = BUILDERS[name](64, args.layers, args.hidden, args.model == "nice", True)
+    model = model.to(device)
+    logit = Logit(64).to(device)
+
+    def log_prob_unit(y):  # density of dequantised pixels in [0, 1)^64
+        z, ld = logit.inverse(y)
+        return log_prob(z) + ld
+
+    g = torch.Generator().manual_seed(args.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    best, best_state, best_step = math.inf, None, 0
+
+    def score(k, seed):
+        torch.manual_seed(seed)
+        model.eval()
+        with torch.no_grad():
+            out = discrete_nll(log_prob_unit, k, K).mean().item()
+        model.train()
+        return out
+
+    start = time.perf_counter()
+    n = digits.train.shape[0]
+    for step in range(1, args.nll_steps + 1):
+        idx = torch.randint(n, (128,), generator=g).to(device)
+        y = uniform_dequantize(digits.train[idx], K, g)
+        loss = -log_prob_unit(y).mean()
+        if not torch.isfinite(loss):
+            print(f"  {name}: the loss became {loss.item()} at step {step}; keeping the best state so far")
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == args.nll_steps:
+            val = score(digits.val, 1)
+            if val < best:
+                best, best_state, best_step = val, copy.deepcopy(model.state_dict()), step
+    seconds = time.perf_counter() - start
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    test = score(digits.test, 123)
+    return test, bits_per_dim(test, 64), n_params(model), seconds, best_step
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=["realnvp", "nice"], default="realnvp")
+    ap.add_argument("--dim", type=int, default=64, help="dimension for the speed figures")
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=20, help="training steps per timed run")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--nll", action="store_true", help="also train on the digits and report test NLL")
+    ap.add_argument("--nll-steps", type=int, default=3000)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--libs", default=",".join(BUILDERS))
+    args = ap.parse_args(argv)
+    if args.dim < 2:
+        ap.error(f"--dim must be at least 2 for a coupling layer, got {args.dim}")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    label = "NICE" if args.model == "nice" else "Real-NVP"
+    print(f"{label}, {args.layers} coupling layers, MLP hidden=({args.hidden}, {args.hidden}), "
+          f"torch {torch.__version__}, {device}, {args.threads} thread(s)")
+    print(f"\nspeed, p={args.dim}, batch {args.batch}")
+    print(f"{'library':<11}{'params':>9}{'train steps/s':>15}{'log-density /s':>17}{'samples /s':>14}")
+    libs = []
+    for name in args.libs.split(","):
+        try:
+            torch.manual_seed(0)
+            model, log_prob, sample = BUILDERS[name](args.dim, args.layers, args.hidden, args.model == "nice", False)
+        except ImportError as err:
+            print(f"{name:<11}  not installed ({err})")
+            continue
+        libs.append(name)
+        model = model.to(device)
+        x = torch.randn(args.batch, args.dim, device=device)
+        steps, dens, samp = throughput(model, log_prob, sample, x, args.steps, args.repeats)
+        print(f"{name:<11}{n_params(model):>9,}{steps:>15.1f}{dens:>17,.0f}{samp:>14,.0f}")
+    if not args.nll:
+        return
+    print(f"\ndigits 8x8, {args.nll_steps} steps of Adam (lr {args.lr}), batch 128, seed {args.seed}")
+    print(f"{'library':<11}{'params':>9}{'test NLL nats':>15}{'bits/dim':>10}{'kept step':>11}{'train s':>9}")
+    for name in libs:
+        nats, bpd, params, seconds, kept = digits_nll(name, args, device)
+        print(f"{name:<11}{params:>9,}{nats:>15.2f}{bpd:>10.3f}{kept:>11}{seconds:>9.0f}")
+
+
+if __name__ == "__main__":
+    main()
