@@ -22,8 +22,10 @@ standard Gaussian base. The differences that remain, stated so the figures can b
   8x8 checkerboard of chapter 4 for digits; log-scale soft-clamped, ``clamp * tanh(s / clamp)``
   (clamp 3 here; chapter 4 chose 0.5 on validation, which is not used, to be fair to peers
   run with their defaults); NICE ends with its diagonal rescaling.
-* zuko: ``RealNVP`` / ``NICE``, even/odd coordinates alternating; its affine maps bound the
-  slope from below.
+* zuko: ``RealNVP``, even/odd coordinates alternating; its affine maps bound the slope from
+  below. For NICE, additive couplings (``univariate=AdditiveTransform``): zuko's ``NICE``
+  class is affine unless told otherwise. zuko has no rescaling layer, nor has normflows'
+  NICE here, so their NICE is volume preserving (chapter 4 shows what that costs).
 * nflows: ``SimpleRealNVP`` (``use_volume_preserving=True`` for NICE), even/odd partitions;
   its conditioner is a residual net, and ``num_blocks_per_layer=1`` already gives it four
   linear layers (one more than the others); scale ``sigmoid(s + 2) + 1e-3``.
@@ -70,8 +72,9 @@ def build_coursekit(p, layers, hidden, nice, image):
 def build_zuko(p, layers, hidden, nice, image):
     import zuko
 
-    cls = zuko.flows.NICE if nice else zuko.flows.RealNVP
-    flow = cls(features=p, transforms=layers, hidden_features=(hidden, hidden))
+    # zuko's NICE class is affine by default; additive couplings are asked for explicitly
+    kw = dict(univariate=zuko.transforms.AdditiveTransform, shapes=((),)) if nice else {}
+    flow = zuko.flows.RealNVP(features=p, transforms=layers, hidden_features=(hidden, hidden), **kw)
     return flow, lambda x: flow().log_prob(x), lambda n: flow().sample((n,))
 
 
