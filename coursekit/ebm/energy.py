@@ -125,6 +125,12 @@ class ImageEnergy(Energy):
 
     Input ``(n, h*w)`` (flattened, as :mod:`coursekit.data` gives the digits) or ``(n, h, w)``
     when ``flat=False``. Two 3x3 convolutions (stride 1 then 2), SiLU, then a linear read-out.
+
+    A caution from chapter 6: trained with :func:`~coursekit.ebm.train_ebm` on the digits
+    (ULA step 0.01, 40 steps, replay buffer, Adam 1e-3 or 1e-4) it sharpened faster than the
+    chains could follow, and after a few thousand iterations its negatives were noise. The
+    chapter uses :class:`MLPEnergy` instead; watch ``e_pos`` / ``e_neg`` of the result if you
+    train this one.
     """
 
     def __init__(self, shape: Sequence[int] = (8, 8), channels: Sequence[int] = (32, 64), flat: bool = True,
