@@ -67,3 +67,52 @@ def test_photo_patch():
     assert 0 <= raw.min() and raw.max() <= 1
     with pytest.raises(ValueError, match="does not fit"):
         photo_patch(size=64, top=400)
+
+
+@pytest.mark.parametrize("size", [6, 10])  # 6 < 9: the filters wrap around the torus
+def test_hessian_spectrum_is_the_fourier_diagonalisation(size):
+    # only squared features active: U is a quadratic form, its Hessian constant
+    torch.manual_seed(0)
+    x0 = torch.randn(size, size, dtype=torch.float64)
+    model = MaxEntModel(x0, FilterBank().double()).double()
+    m = model.filter_power.shape[0]
+    with torch.no_grad():
+        model.theta.zero_()
+        model.theta[1:1 + m] = torch.randn(m, dtype=torch.float64)
+    x = torch.randn(size * size, dtype=torch.float64)
+    hess = torch.autograd.functional.hessian(lambda v: model(v.reshape(1, size, size)).sum(), x)
+    eig = torch.linalg.eigvalsh(hess)
+    spec = model.hessian_spectrum().reshape(-1).sort().values
+    torch.testing.assert_close(spec, eig, rtol=1e-9, atol=1e-9)
+    assert model.is_proper() == bool(eig.min() > 0)
+
+
+def test_make_proper_restores_a_probability_law():
+    x0 = photo_patch(size=12, top=360, left=500).double()
+    model = MaxEntModel(x0, FilterBank().double()).double()
+    assert model.is_proper() and model.make_proper_(0.1) == 0.0  # N(0, I): every eigenvalue is 1
+    with torch.no_grad():
+        model.theta[7] = -2.0  # a negative weight on a Gabor band: Z(theta) = infinity
+    assert not model.is_proper()
+    before = model.theta.detach().clone()
+    raised = model.make_proper_(0.1)
+    assert raised > 0 and model.is_proper()
+    assert abs(model.hessian_spectrum().min().item() - 0.1) < 1e-9
+    changed = (model.theta.detach() != before).nonzero().view(-1).tolist()
+    assert changed == [1]  # only the pixel filter's weight moved
+    with pytest.raises(ValueError, match="positive"):
+        model.make_proper_(0.0)
+    # a bank whose first filter blocks some frequency cannot be repaired this way
+    w, names = default_filters()
+    bank = FilterBank(w[1:], names[1:])
+    with pytest.raises(ValueError, match="first filter"):
+        MaxEntModel(x0.float(), bank).make_proper_(0.1)
+
+
+def test_fit_maxent_keeps_theta_proper():
+    x0 = photo_patch(size=16, top=360, left=500)
+    model, _ = fit_maxent(x0, n_iter=60, n_chains=8, n_steps=10, gamma=0.05, lr=0.03, min_curvature=0.2,
+                          generator=torch.Generator().manual_seed(1))
+    assert model.hessian_spectrum().min().item() >= 0.2 - 1e-5
+    with pytest.raises(ValueError, match="min_curvature"):
+        fit_maxent(x0, n_iter=1, min_curvature=-1.0)

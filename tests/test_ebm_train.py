@@ -121,3 +121,12 @@ def test_custom_sampler_is_used():
 
     res = train_ebm(MLPEnergy(2, hidden=8), torch.randn(50, 2), n_iter=4, batch_size=8, n_steps=3, sampler=sampler)
     assert calls == [3] * 4 and len(res.loss) == 4
+
+
+def test_after_step_runs_after_every_optimiser_step():
+    calls = []
+    U = MLPEnergy(2, hidden=8, depth=1)
+    train_ebm(U, torch.randn(64, 2), n_iter=7, batch_size=8, n_steps=2, gamma=0.1,
+              after_step=lambda: calls.append(next(U.parameters()).detach().clone()))
+    assert len(calls) == 7
+    assert not torch.equal(calls[0], calls[-1])  # it saw the parameters after the steps

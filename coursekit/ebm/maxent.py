@@ -21,6 +21,19 @@ plus sum_s x(s) (the mean grey level). FRAME matches whole histograms of the res
 two moments per filter keep theta small (19 numbers) and the features smooth for ULA. Sums,
 not means, over pixels: the energy is then a sum of local potentials, a stationary Gibbs field.
 
+When is p_theta a probability law? The squared features make U_theta a quadratic form plus
+terms that grow at most linearly. With periodic boundaries each filter is a circulant matrix,
+diagonalised by the 2-D Fourier transform, so the quadratic part x^T H x / 2 has the Hessian
+eigenvalues
+
+    lambda(omega) = 2 sum_j theta_j |F_j^(omega)|^2,   one per frequency omega of the image grid.
+
+Z(theta) is finite if every lambda(omega) > 0, and infinite if one is negative (along that
+Fourier mode the energy falls like -|x|^2). Nothing in a gradient step keeps theta in that set,
+and ULA run on an improper model diverges (slowly: short chains hide it). :func:`fit_maxent`
+therefore follows each step with :meth:`MaxEntModel.make_proper_`, which raises the pixel
+filter's weight (its |F^|^2 is 1 at every frequency) until min lambda >= ``min_curvature``.
+
 >>> import torch
 >>> bank = FilterBank()
 >>> bank(torch.randn(3, 16, 16)).shape
@@ -146,6 +159,51 @@ class MaxEntModel(Energy):
         theta = torch.zeros(self.features.n_features, dtype=x0.dtype, device=x0.device)
         theta[1] = 0.5
         self.theta = nn.Parameter(theta)
+        self.register_buffer("filter_power", self._filter_power())
+
+    def _filter_power(self) -> Tensor:
+        """|F_j^(omega)|^2 of every filter on the image's frequency grid, ``(m, h, w)``: the filters
+        wrapped onto the h x w torus (circular boundaries), then the 2-D DFT."""
+        w = self.features.weight[:, 0].to(torch.float64)
+        m, k, _ = w.shape
+        h, wd = self.event_shape
+        rows = torch.arange(k, device=w.device).remainder(h)
+        cols = torch.arange(k, device=w.device).remainder(wd)
+        torus = torch.zeros(m, h, wd, dtype=torch.float64, device=w.device)
+        torus.index_put_((torch.arange(m, device=w.device)[:, None, None], rows[None, :, None], cols[None, None, :]),
+                         w, accumulate=True)
+        return torch.fft.fft2(torus).abs().pow(2).to(self.x0.dtype)
+
+    def hessian_spectrum(self) -> Tensor:
+        """Eigenvalues ``2 sum_j theta_j |F_j^(omega)|^2`` of the quadratic part of U_theta, one per
+        frequency of the image grid, shape ``(h, w)`` (module docstring). All positive: p_theta is
+        a probability law; one negative: Z(theta) is infinite."""
+        m = self.filter_power.shape[0]
+        with torch.no_grad():
+            return 2 * torch.einsum("j,jhw->hw", self.theta[1:1 + m], self.filter_power)
+
+    def is_proper(self) -> bool:
+        """Whether Z(theta) is finite (sufficient condition: every Hessian eigenvalue positive)."""
+        return bool(self.hessian_spectrum().min() > 0)
+
+    def make_proper_(self, min_curvature: float = 0.1) -> float:
+        """Raise the first filter's weight theta_1 so that the smallest Hessian eigenvalue of the
+        quadratic part is at least ``min_curvature``. With the default bank the first filter is
+        the pixel, whose power is 1 at every frequency, so this adds the same amount to every
+        eigenvalue. In place; returns the increase of theta_1 (0 when nothing had to change)."""
+        if not min_curvature > 0:
+            raise ValueError(f"min_curvature must be positive, got {min_curvature!r}")
+        floor = float(self.filter_power[0].min())
+        if not floor > 1e-8:
+            raise ValueError("make_proper_ raises the first filter's weight, so that filter must pass every "
+                             f"frequency (its smallest |F^|^2 is {floor:.3g}); put a pixel (delta) filter first")
+        short = min_curvature - float(self.hessian_spectrum().min())
+        if short <= 0:
+            return 0.0
+        step = short / (2 * floor)
+        with torch.no_grad():
+            self.theta[1] += step
+        return step
 
     def _energy(self, x: Tensor) -> Tensor:
         return (self.features(x) - self.f0) @ self.theta
@@ -157,20 +215,29 @@ class MaxEntModel(Energy):
 
 
 def fit_maxent(x0: Tensor, *, n_iter: int, n_chains: int = 16, n_steps: int = 10, gamma: float = 0.05,
-               lr: float = 0.01, features: FilterBank | None = None, generator: torch.Generator | None = None
-               ) -> tuple[MaxEntModel, EBMTrainingResult]:
+               lr: float = 0.01, features: FilterBank | None = None, min_curvature: float | None = 0.1,
+               generator: torch.Generator | None = None) -> tuple[MaxEntModel, EBMTrainingResult]:
     """Learn p_theta from the single example ``x0`` (standardise it first) with Algorithm 1's
     machinery: ``n_chains`` persistent ULA chains of ``n_steps`` steps per iteration, Adam on
     the contrastive loss <theta, f(x0) - mean f(X^-)> (no regularisation: U(x0) = 0 by design).
 
-    Returns the model and the training history; ``history.negatives`` are the last samples.
+    After every step theta is moved back into the models that are probability laws, with every
+    Hessian eigenvalue of the quadratic part at least ``min_curvature``
+    (:meth:`MaxEntModel.make_proper_`; ``None`` turns it off, and then long chains of an improper
+    model diverge). Returns the model and the training history; ``history.negatives`` are the
+    last samples.
     """
     model = MaxEntModel(x0, features)
     # no momentum (beta1 = 0): the chains lag behind theta, and momentum makes theta overshoot
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.0, 0.999))
+    after_step = None
+    if min_curvature is not None:
+        if not min_curvature > 0:
+            raise ValueError(f"min_curvature must be positive (or None to turn the projection off), got {min_curvature!r}")
+        after_step = lambda: model.make_proper_(min_curvature)  # noqa: E731
     history = train_ebm(model, x0.unsqueeze(0), n_iter=n_iter, batch_size=n_chains, n_steps=n_steps, gamma=gamma,
                         chains="persistent", reg=0.0, optimizer=opt, max_energy=1e7, generator=generator,
-                        desc="maximum entropy model")
+                        after_step=after_step, desc="maximum entropy model")
     return model, history
 
 

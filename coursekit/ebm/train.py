@@ -126,14 +126,16 @@ def train_ebm(energy: torch.nn.Module, data: Tensor, *, n_iter: int, batch_size:
               gamma: float = 0.01, alpha: float = 0.05, chains: str = "replay", buffer_size: int | None = None,
               reg: float = 0.1, lr: float = 1e-3, optimizer: torch.optim.Optimizer | None = None,
               init_std: float = 1.0, max_energy: float = 1e4, generator: torch.Generator | None = None,
-              sampler: Callable[[Callable, Tensor, int], Tensor] | None = None, desc: str = "EBM (Algorithm 1)"
+              sampler: Callable[[Callable, Tensor, int], Tensor] | None = None,
+              after_step: Callable[[], object] | None = None, desc: str = "EBM (Algorithm 1)"
               ) -> EBMTrainingResult:
     """Train ``energy`` on ``data`` (shape ``(N, ...)``, on the energy's device) with Algorithm 1.
 
     Each of the ``n_iter`` iterations: draw ``batch_size`` data points with replacement
     (line 4); start chains as ``chains`` says (lines 5-9); run ``n_steps`` = K steps of ULA with
     step ``gamma`` (lines 10-12; or ``sampler(energy, x0, K)`` if given); take one optimiser
-    step on :func:`contrastive_loss` with regularisation ``reg`` (line 14); update B (line 15).
+    step on :func:`contrastive_loss` with regularisation ``reg`` (line 14), then call
+    ``after_step()`` if given (e.g. a projection of the parameters); update B (line 15).
 
     The optimiser defaults to Adam(lr, betas=(0, 0.999)) as in Du & Mordatch (2019); the slides'
     plain step is ``optimizer=torch.optim.SGD(energy.parameters(), lr=delta)``.
@@ -184,6 +186,8 @@ def train_ebm(energy: torch.nn.Module, data: Tensor, *, n_iter: int, batch_size:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         if buffer is not None:
             buffer.push(x_neg)
         persistent = x_neg
