@@ -140,7 +140,7 @@ def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, 
     if val_data is not None:
         val = _check_data(flow, val_data, "val_data")
         with torch.no_grad():
-            val = _batch(val, transform, flow, "val_data")
+            val = _batch(val, transform, "val_data")
         best = (math.inf, None)
     gen = torch.Generator(device=dev)
     # without a seed, the batch order follows torch's global RNG (seeded by coursekit.setup)
@@ -150,7 +150,7 @@ def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, 
     bar = progress(range(steps), total=steps, desc=desc)
     for step in bar:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen, device=dev)
-        loss = -flow.log_prob(_batch(data[idx], transform, flow, "data")).mean()
+        loss = -flow.log_prob(_batch(data[idx], transform, "data")).mean()
         value = guard(loss, step, "negative log-likelihood",
                       advice="Lower the learning rate (lr), enable gradient clipping (clip=...), "
                              "or standardise the data (flows with a standard normal base expect data of scale ~1).")
@@ -191,7 +191,7 @@ def _check_data(flow, data, name: str) -> torch.Tensor:
     return data.to(device=dev, dtype=dtype)
 
 
-def _batch(x: torch.Tensor, transform, flow, name: str) -> torch.Tensor:
+def _batch(x: torch.Tensor, transform, name: str) -> torch.Tensor:
     if transform is None:
         return x
     y = transform(x)

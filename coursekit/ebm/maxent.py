@@ -232,8 +232,7 @@ def fit_maxent(x0: Tensor, *, n_iter: int, n_chains: int = 16, n_steps: int = 10
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.0, 0.999))
     after_step = None
     if min_curvature is not None:
-        if not min_curvature > 0:
-            raise ValueError(f"min_curvature must be positive (or None to turn the projection off), got {min_curvature!r}")
+        model.make_proper_(min_curvature)  # checks the setting before any training (the start, N(0, I), is proper)
         after_step = lambda: model.make_proper_(min_curvature)  # noqa: E731
     history = train_ebm(model, x0.unsqueeze(0), n_iter=n_iter, batch_size=n_chains, n_steps=n_steps, gamma=gamma,
                         chains="persistent", reg=0.0, optimizer=opt, max_energy=1e7, generator=generator,
