@@ -36,14 +36,14 @@ The digits protocol (``--nll``): pixels k in {0..16} are dequantised afresh for 
 y = (k + u)/17, and sent to logit space by coursekit's ``Logit`` (alpha 0.05), whose
 log-determinant is added to every library's log-density, so all report the NLL of the same
 discrete data: -log p(y) + 64 log 17 nats per image (:func:`coursekit.flows.discrete_nll`),
-also in bits per dimension. Adam (lr ``--lr``), batches of 128, ``--steps`` steps, validation
-NLL every 100 steps with the best state restored at the end, test NLL with fixed noise.
+also in bits per dimension. Training is coursekit's ``fit_mle`` for every library: Adam (lr
+``--lr``), batches of 128, ``--nll-steps`` steps, no gradient clipping, validation NLL every 100
+steps with the best state restored at the end; test NLL with fixed noise.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import sys
 import time
@@ -101,54 +101,45 @@ def build_normflows(p, layers, hidden, nice, image):
 BUILDERS = {"coursekit": build_coursekit, "zuko": build_zuko, "nflows": build_nflows, "normflows": build_normflows}
 
 
+class _PixelDensity(torch.nn.Module):
+    """A library's flow on logit space, seen as a density of dequantised pixels in [0, 1)^64 with
+    coursekit's ``Logit`` in front: the shape coursekit's ``fit_mle`` trains, for every library."""
+
+    event_shape, dim = (64,), 64
+
+    def __init__(self, model, log_prob):
+        from coursekit.flows import Logit
+
+        super().__init__()
+        self.model, self.logit, self._log_prob = model, Logit(64), log_prob
+
+    def log_prob(self, y):
+        z, ld = self.logit.inverse(y)
+        return self._log_prob(z) + ld
+
+
 def digits_nll(name, args, device):
     """Train on the digits with the shared protocol; return (test NLL nats, bits/dim, params, s, kept step)."""
     from coursekit.data import load_digits_split
-    from coursekit.flows import Logit, bits_per_dim, discrete_nll, uniform_dequantize
+    from coursekit.flows import bits_per_dim, discrete_nll, uniform_dequantize
+    from coursekit.train import TrainingDiverged, fit_mle
 
     digits = load_digits_split(seed=0, device=device)
     torch.manual_seed(args.seed)
-    model, log_prob, _ = BUILDERS[name](64, args.layers, args.hidden, args.model == "nice", True)
-    model = model.to(device)
-    logit = Logit(64).to(device)
-
-    def log_prob_unit(y):  # density of dequantised pixels in [0, 1)^64
-        z, ld = logit.inverse(y)
-        return log_prob(z) + ld
-
-    g = torch.Generator().manual_seed(args.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    best, best_state, best_step = math.inf, None, 0
-
-    def score(k, seed):
-        torch.manual_seed(seed)
-        model.eval()
-        with torch.no_grad():
-            out = discrete_nll(log_prob_unit, k, K).mean().item()
-        model.train()
-        return out
-
+    density = _PixelDensity(*BUILDERS[name](64, args.layers, args.hidden, args.model == "nice", True)[:2]).to(device)
     start = time.perf_counter()
-    n = digits.train.shape[0]
-    for step in range(1, args.nll_steps + 1):
-        idx = torch.randint(n, (128,), generator=g).to(device)
-        y = uniform_dequantize(digits.train[idx], K, g)
-        loss = -log_prob_unit(y).mean()
-        if not torch.isfinite(loss):
-            print(f"  {name}: the loss became {loss.item()} at step {step}; keeping the best state so far")
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 or step == args.nll_steps:
-            val = score(digits.val, 1)
-            if val < best:
-                best, best_state, best_step = val, copy.deepcopy(model.state_dict()), step
+    try:
+        hist = fit_mle(density, digits.train, steps=args.nll_steps, batch_size=128, lr=args.lr, clip=None,
+                       seed=args.seed, transform=lambda k: uniform_dequantize(k, K), val_data=digits.val,
+                       val_every=100, desc=name)
+    except TrainingDiverged as err:
+        print(f"  {name}: {err}")
+        return math.nan, math.nan, n_params(density), time.perf_counter() - start, 0
     seconds = time.perf_counter() - start
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    test = score(digits.test, 123)
-    return test, bits_per_dim(test, 64), n_params(model), seconds, best_step
+    torch.manual_seed(123)  # the same test noise for every library
+    with torch.no_grad():
+        test = discrete_nll(density.log_prob, digits.test, K).mean().item()
+    return test, bits_per_dim(test, 64), n_params(density), seconds, hist.best_step
 
 
 def main(argv=None):
