@@ -8,7 +8,8 @@ Two measurements, both never run by the test suite:
   digits with the same loop, budget and data, and is scored on the same test images.
 
 Run it in the environment that has the peer libraries next to the same torch (see
-``bench_autoregressive.py`` for how to make it)::
+``bench_autoregressive.py`` for how to make it; ``--nll`` also needs ``pip install scikit-learn==1.9.1``
+there, for the digits)::
 
     OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_coupling.py             # speed
     OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_coupling.py --nll       # + digits
