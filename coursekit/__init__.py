@@ -1,8 +1,8 @@
 """coursekit: the companion package of the course "An introduction to generative models".
 
 It implements every model the course teaches (normalizing flows, autoregressive flows,
-energy-based models), the fast/full run modes of the notebooks, and the exercise tooling
-(generation of exercise notebooks from solutions, checks, grading).
+energy-based models) and the fast/full run modes of the notebooks. The course's tooling (exercise
+checks, grader, notebook generation, the ``coursekit`` command) lives apart, in :mod:`coursekit.course`.
 """
 
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def fixtures() -> Path:
-    return ROOT / "tests" / "fixtures"
+    return ROOT / "tests" / "course" / "fixtures"
 
 
 @pytest.fixture

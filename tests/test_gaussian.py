@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coursekit import gaussian as G
-from coursekit.grading import get
+from coursekit.course.registry import get
 from coursekit.train import TrainingDiverged
 
 

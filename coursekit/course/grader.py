@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .grading import REPORT_ENV, registry
+from .registry import REPORT_ENV, registry
 
 __all__ = ["GradingError", "ExerciseResult", "GradeReport", "grade", "format_report"]
 

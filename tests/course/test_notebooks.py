@@ -3,7 +3,7 @@
 import jupytext
 import pytest
 
-from coursekit.notebooks import CODE_BLANK, MarkerError, blank_notebook, blank_source, setup_cell_source
+from coursekit.course.notebooks import CODE_BLANK, MarkerError, blank_notebook, blank_source, setup_cell_source
 
 
 def test_code_region_becomes_indented_raise():

@@ -10,11 +10,11 @@ import re
 
 import pytest
 
-from coursekit.autograde import grade
-from coursekit.grading import registry
+from coursekit.course.grader import grade
+from coursekit.course.registry import registry
 
 # Only the course's exercises (other test modules register throw-away demo exercises).
-EXERCISES = [ex for ex in registry().values() if ex.fn.__module__.startswith("coursekit.checks.")]
+EXERCISES = [ex for ex in registry().values() if ex.fn.__module__.startswith("coursekit.course.checks.")]
 IDS = [ex.id for ex in EXERCISES]
 
 

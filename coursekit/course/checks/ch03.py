@@ -13,8 +13,8 @@ import torch
 from torch.autograd.functional import jacobian
 from torch.distributions import Independent, Normal
 
-from ..flows import Compose, Flow, Planar, Radial
-from ..grading import ExerciseFailure, exercise
+from ...flows import Compose, Flow, Planar, Radial
+from ..registry import ExerciseFailure, exercise
 from ._common import close, require_callable
 
 __all__ = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..gaussian import gaussian_grad_log_density, gaussian_mle
-from ..grading import ExerciseFailure, exercise
+from ...gaussian import gaussian_grad_log_density, gaussian_mle
+from ..registry import ExerciseFailure, exercise
 from ._common import close, tensor_pair
 
 __all__ = [

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ..flows.coupling import AdditiveCoupling, AffineCoupling, Rescale
-from ..grading import ExerciseFailure, exercise
+from ...flows.coupling import AdditiveCoupling, AffineCoupling, Rescale
+from ..registry import ExerciseFailure, exercise
 from ._common import close, randomised, require_callable, tensor_pair
 
 __all__ = [

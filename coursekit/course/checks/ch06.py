@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from ..ebm.energy import QuarticEnergy1D, log_partition_1d, sample_1d
-from ..grading import ExerciseFailure, exercise
+from ...ebm.energy import QuarticEnergy1D, log_partition_1d, sample_1d
+from ..registry import ExerciseFailure, exercise
 from ._common import require_callable
 
 __all__ = ["grad_log_z", "hess_log_z", "ula_step", "ula_variance", "algorithm1_loss",

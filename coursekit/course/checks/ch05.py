@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..flows.autoregressive import IAF, MAF, SigmoidAR
-from ..grading import ExerciseFailure, exercise
+from ...flows.autoregressive import IAF, MAF, SigmoidAR
+from ..registry import ExerciseFailure, exercise
 from ._common import close, randomised, require_callable, tensor_pair
 
 __all__ = [

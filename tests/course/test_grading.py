@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from coursekit.grading import REPORT_ENV, ExerciseFailure, check, get
+from coursekit.course.registry import REPORT_ENV, ExerciseFailure, check, get
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import demo_checks  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """exercises/ and every .ipynb are generated; the committed copies must be current."""
 
-from coursekit.notebooks import sync
+from coursekit.course.notebooks import sync
 
 
 def test_generated_notebooks_are_current(root):

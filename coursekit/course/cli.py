@@ -45,7 +45,7 @@ def _cmd_sync(args) -> int:
 
 
 def _cmd_grade(args) -> int:
-    from .autograde import GradingError, format_report, grade
+    from .grader import GradingError, format_report, grade
 
     status = 0
     for nb in args.notebooks:
@@ -60,7 +60,7 @@ def _cmd_grade(args) -> int:
 
 
 def _cmd_exercises(args) -> int:
-    from .grading import registry
+    from .registry import registry
 
     for ex in registry().values():
         print(f"{ex.id:<6} {ex.points:>4g} pt  {ex.notebook:<28} {ex.title}")

@@ -8,9 +8,9 @@ import sys
 import jupytext
 import pytest
 
-from coursekit.autograde import GradingError, format_report, grade
-from coursekit.cli import main
-from coursekit.notebooks import blank_notebook
+from coursekit.course.grader import GradingError, format_report, grade
+from coursekit.course.cli import main
+from coursekit.course.notebooks import blank_notebook
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "fixtures"))
 import demo_checks  # noqa: E402,F401  (registers exercises 0.1 and 0.2 in this process too)
