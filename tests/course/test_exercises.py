@@ -1,63 +1,138 @@
-"""Every graded exercise of the course, proven three ways.
+"""Every graded exercise of the course, proven against its solution, blanks, wrong answers and mutants.
 
-For each registered exercise: its check passes on the reference answer, fails on a blank (both
-forms a generated exercise notebook can hold), and fails on each declared plausible mistake with
-a message that names what is wrong. Then, end to end, every generated exercise notebook is
-graded and earns nothing, and its solution notebook is in the repository with every check.
+For each registered exercise:
+
+* the solution notebook's own function (the reference, one source) passes, on several draws;
+* a blank (``...`` or code that raises ``NotImplementedError``) fails;
+* every wrong answer of ``wrong_answers/chNN.py`` fails with the mistake tag it is filed under,
+  every named mistake the check declares is triggered by at least one of them, and each exercise
+  has wrong answers that change an input in place, break the contract, and (where the exercise
+  forbids a coursekit function) delegate to it;
+* the check rejects the mutants of the solution's code (``coursekit.course.mutants``): at least
+  ``MIN_SCORE`` of them, and every survivor is listed in ``survivors.py`` with the reason it is
+  harmless (a survivor that is not listed, or a listed one that no longer survives, fails);
+* no failure message contains a decimal number (messages say what is wrong, never what to type).
+
+Then, end to end, every generated exercise notebook is graded and earns nothing.
 """
 
+from __future__ import annotations
+
+import importlib
 import re
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 
-from coursekit.course.grader import grade
+from coursekit.course.checks._common import SEED_ENV
+from coursekit.course.mutants import run_mutants, solution_function
 from coursekit.course.registry import registry
 
-# Only the course's exercises (other test modules register throw-away demo exercises).
+sys.path.insert(0, str(Path(__file__).parent))
+from survivors import SURVIVORS  # noqa: E402
+
+MIN_SCORE = 0.95  # share of the mutants of a solution that its check must reject
+GENERIC_TAGS = {"in-place", "delegation", "contract", "crash", "blank", "not-callable"}
+DECIMAL = re.compile(r"\d\.\d{2,}|\d{4,}")  # a computed number leaked into a message
+
 EXERCISES = [ex for ex in registry().values() if ex.fn.__module__.startswith("coursekit.course.checks.")]
 IDS = [ex.id for ex in EXERCISES]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wrong(ex):
+    module = importlib.import_module(f"wrong_answers.ch{int(ex.id.split('.')[0]):02d}")
+    return module.WRONG.get(ex.id, {})
+
+
+def _run(ex, answer):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ex.run(answer)
 
 
 def test_every_chapter_with_exercises_is_registered():
-    assert EXERCISES, "no exercise is registered in coursekit.checks"
+    assert EXERCISES, "no exercise is registered in coursekit.course.checks"
 
 
 @pytest.mark.parametrize("ex", EXERCISES, ids=IDS)
-def test_reference_answer_passes(ex):
-    assert ex.reference is not None, f"exercise {ex.id} declares no reference answer"
-    passed, message = ex.run(ex.reference())
-    assert passed, f"exercise {ex.id}: the reference answer fails: {message}"
+def test_registration_is_complete(ex):
+    assert ex.answer, f"exercise {ex.id} does not name the student's function (answer=...)"
+    assert ex.mistakes, f"exercise {ex.id} names no mistake its check recognises"
+    for tag, description in ex.mistakes.items():
+        assert isinstance(tag, str) and isinstance(description, str) and description, (ex.id, tag)
+    from coursekit.course.checks._common import _resolve
+
+    for target in ex.forbidden:
+        owner, attr = _resolve(target)
+        assert hasattr(owner, attr), f"exercise {ex.id} forbids {target}, which does not exist"
+
+
+@pytest.mark.parametrize("ex", EXERCISES, ids=IDS)
+@pytest.mark.parametrize("seed", ["1", "2", "3"])
+def test_solution_passes(ex, seed, monkeypatch):
+    monkeypatch.setenv(SEED_ENV, seed)
+    answer = solution_function(ex, ROOT).build()
+    verdict = _run(ex, answer)
+    assert verdict.passed, f"exercise {ex.id}: the solution notebook's answer fails: {verdict.message}"
 
 
 @pytest.mark.parametrize("ex", EXERCISES, ids=IDS)
 def test_blank_fails(ex):
-    passed, message = ex.run(...)
-    assert not passed and "not answered" in message
+    verdict = _run(ex, ...)
+    assert not verdict.passed and "not answered" in verdict.message
 
     def blank(*args, **kwargs):
         raise NotImplementedError("Exercise: replace this line with your code")
 
-    passed, message = ex.run(blank)
-    assert not passed, f"exercise {ex.id} passes on code that raises NotImplementedError"
+    verdict = _run(ex, blank)
+    assert not verdict.passed and verdict.mistake == "blank", verdict
 
 
 @pytest.mark.parametrize("ex", EXERCISES, ids=IDS)
-def test_plausible_mistakes_fail_with_an_explanation(ex):
-    assert len(ex.mistakes) >= 2, f"exercise {ex.id} declares fewer than two plausible mistakes"
-    for name, (factory, fragment) in ex.mistakes.items():
-        passed, message = ex.run(factory())
-        assert not passed, f"exercise {ex.id} accepts the mistake '{name}'"
-        assert fragment.lower() in message.lower(), (
-            f"exercise {ex.id}, mistake '{name}': the message should mention '{fragment}', got: {message}"
-        )
+def test_wrong_answers_fail_with_their_named_mistake(ex, monkeypatch):
+    monkeypatch.setenv(SEED_ENV, "4")
+    wrong = _wrong(ex)
+    for tag, answer in wrong.items():
+        expected = tag.split("#")[0]  # "contract#detached", "contract#float64": several per tag
+        verdict = _run(ex, answer)
+        assert not verdict.passed, f"exercise {ex.id} accepts the wrong answer '{tag}'"
+        assert verdict.mistake == expected, (
+            f"exercise {ex.id}, wrong answer '{tag}': recognised as {verdict.mistake!r}: {verdict.message}")
+        assert not DECIMAL.search(verdict.message), f"exercise {ex.id}, '{tag}': a number leaks: {verdict.message}"
+    tags = {t.split("#")[0] for t in wrong}
+    assert set(ex.mistakes) <= tags, f"exercise {ex.id}: no wrong answer triggers {sorted(set(ex.mistakes) - tags)}"
+    assert {"in-place", "contract"} <= tags, f"exercise {ex.id} needs in-place and contract wrong answers"
+    if ex.forbidden:
+        assert "delegation" in tags, f"exercise {ex.id} forbids {list(ex.forbidden)} but no wrong answer delegates"
+
+
+@pytest.mark.parametrize("ex", EXERCISES, ids=IDS)
+def test_mutants_of_the_solution_are_rejected(ex):
+    result = run_mutants(ex, ROOT)
+    listed = SURVIVORS.get(ex.id, {})
+    unexplained = [d for d in result.survived if d not in listed]
+    stale = [d for d in listed if d not in result.survived]
+    assert not unexplained, (
+        f"exercise {ex.id}: the check accepts {len(unexplained)} mutant(s) of the solution: {unexplained}. "
+        "Strengthen the check, or list a harmless (equivalent) one in tests/course/survivors.py with the reason")
+    assert not stale, f"exercise {ex.id}: listed survivors no longer survive (remove them): {stale}"
+    assert all(isinstance(why, str) and len(why) > 10 for why in listed.values()), "give each survivor a reason"
+    assert result.total >= 10, f"exercise {ex.id}: only {result.total} mutants; is the solution region marked?"
+    assert result.score >= MIN_SCORE, (
+        f"exercise {ex.id}: the check rejects {result.score:.0%} of the mutants, below {MIN_SCORE:.0%}")
+    leaks = [(d, m) for d, m in result.killed if DECIMAL.search(m)]
+    assert not leaks, f"exercise {ex.id}: failure messages leak numbers: {leaks[:3]}"
 
 
 NOTEBOOKS = sorted({ex.notebook for ex in EXERCISES})
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_solution_notebook_calls_every_check(root, name):
-    source = (root / "solutions" / f"{name}.md").read_text(encoding="utf-8")
+def test_solution_notebook_calls_every_check(name):
+    source = (ROOT / "solutions" / f"{name}.md").read_text(encoding="utf-8")
     called = set(re.findall(r"""check\(\s*["']([0-9.]+)["']""", source))
     expected = {ex.id for ex in EXERCISES if ex.notebook == name}
     assert expected <= called, f"solutions/{name}.md never checks exercise(s) {sorted(expected - called)}"
@@ -65,7 +140,9 @@ def test_solution_notebook_calls_every_check(root, name):
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_generated_exercise_notebook_earns_nothing(root, name):
-    report = grade(root / "exercises" / f"{name}.ipynb", timeout=300)
+def test_generated_exercise_notebook_earns_nothing(name):
+    from coursekit.course.grader import grade
+
+    report = grade(ROOT / "exercises" / f"{name}.ipynb", timeout=300)
     assert report.results and report.earned == 0, [(r.id, r.status, r.reason) for r in report.results]
     assert {r.id for r in report.results} == {ex.id for ex in EXERCISES if ex.notebook == name}
