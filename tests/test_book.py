@@ -148,3 +148,22 @@ def test_math_is_typeset_in_a_headless_browser(html_dir):
     n = dom.count("<mjx-container")
     assert n > 10, f"MathJax typeset {n} formulas on {page.name}; expected many (is MathJax loading offline?)"
     assert (shots / "chapter3.png").stat().st_size > 10_000
+
+
+def test_no_warnings_in_executed_outputs(html_dir):
+    """No executed cell of the book shows a warning (a UserWarning, a DeprecationWarning, ...) or
+    writes to stderr: what a reader sees is what the text explains."""
+    executed = sorted((ROOT / "_build" / "jupyter_execute").rglob("*.ipynb"))
+    assert executed, "no executed notebooks under _build/jupyter_execute: build the book first"
+    import nbformat
+
+    found = []
+    for path in executed:
+        nb = nbformat.read(str(path), as_version=4)
+        for index, cell in enumerate(nb.cells):
+            for out in cell.get("outputs", []):
+                text = out.get("text", "") if out.get("output_type") == "stream" else ""
+                if (out.get("output_type") == "stream" and out.get("name") == "stderr") or re.search(
+                        r"\b\w*Warning\b:", text):
+                    found.append(f"{path.relative_to(ROOT)} cell {index}: {text.strip()[:160]}")
+    assert not found, "warnings or stderr in the executed book:\n" + "\n".join(found)
