@@ -65,8 +65,10 @@ def device() -> torch.device:
 
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so that figures are reproducible."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        # NumPy's legacy global seed takes 32 bits
+        raise (TypeError if not isinstance(seed, int) or isinstance(seed, bool) else ValueError)(
+            f"seed must be a non-negative integer below 2^32, got {seed!r}")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

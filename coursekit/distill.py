@@ -24,11 +24,14 @@ KL's gradient.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
-from .flows.base import Flow
-from .train import guard, progress
+from . import _validate as V
+from .flows.base import Flow, set_validation, validation_enabled
+from .train import History, TrainingGuard, progress
 
 __all__ = ["distill", "kl_estimate"]
 
@@ -41,21 +44,47 @@ def _check_pair(student, teacher) -> None:
         raise ValueError(
             f"student and teacher must model the same space: event shapes {student.event_shape} and {teacher.event_shape}"
         )
-
-
-def _positive_int(value, name: str) -> int:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    s, t = V.reference(student), V.reference(teacher)
+    if s is not None and t is not None and (s.dtype != t.dtype or s.device != t.device):
+        raise ValueError(f"the student is {s.dtype} on {s.device} but the teacher is {t.dtype} on {t.device}; "
+                         f"move one of them (e.g. teacher.to(dtype={s.dtype}, device='{s.device}'))")
 
 
 def kl_estimate(student: Flow, teacher: Flow, n: int = 1024) -> Tensor:
     """Monte Carlo estimate of ``KL(student || teacher)`` from ``n`` student samples (differentiable
     in the student's parameters): the slides' objective, line 665."""
     _check_pair(student, teacher)
-    _positive_int(n, "the number of Monte Carlo samples n")
+    V.positive_int("n", n)
+    return _kl(student, teacher, n)
+
+
+def _kl(student: Flow, teacher: Flow, n: int) -> Tensor:
     x, log_s = student.rsample_and_log_prob(n)  # one pass for an IAF: log q_0(z) - log|det J|
     return (log_s - teacher.log_prob(x)).mean()
+
+
+@contextmanager
+def _frozen(teacher: Flow):
+    """The teacher's parameters without gradients, their flags restored on any exit (Ctrl-C included)."""
+    flags = [p.requires_grad for p in teacher.parameters()]
+    try:
+        teacher.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(teacher.parameters(), flags):
+            p.requires_grad_(f)
+
+
+@contextmanager
+def _unchecked():
+    # Inside the loop the teacher's input is the student's own sample: a NaN there means the
+    # student diverged, which the guard reports as TrainingDiverged (not as a bad-input error).
+    old = validation_enabled()
+    set_validation(False)
+    try:
+        yield
+    finally:
+        set_validation(old)
 
 
 def distill(
@@ -67,37 +96,45 @@ def distill(
     max_grad_norm: float | None = 10.0,
     desc: str = "distillation",
     cosine: bool = True,
-) -> list[float]:
+) -> History:
     """Train ``student`` to minimise ``KL(student || teacher)``; return the KL estimate at every step.
 
-    The teacher is frozen during training (its ``requires_grad`` flags are restored afterwards).
-    With ``cosine=True`` the learning rate decays from ``lr`` to 0 along a cosine: the reverse KL
-    is very sensitive to student samples that stray where the teacher has almost no mass, and a
-    constant step size leaves the last iterate noisy, while the decayed schedule ends on a
-    settled student.
-    Raises :class:`~coursekit.train.TrainingDiverged` if the estimate becomes NaN or infinite.
+    The teacher is frozen during training (its ``requires_grad`` flags are restored afterwards,
+    whatever happens). With ``cosine=True`` the learning rate decays from ``lr`` to 0 along a
+    cosine: the reverse KL is very sensitive to student samples that stray where the teacher has
+    almost no mass, and a constant step size leaves the last iterate noisy, while the decayed
+    schedule ends on a settled student. ``max_grad_norm`` clips the student's gradient norm
+    (``None``: no clipping).
+
+    Fails safe like :func:`~coursekit.train.fit_mle` (:class:`~coursekit.train.TrainingGuard`):
+    a NaN/infinite or diverging estimate stops with :class:`~coursekit.train.TrainingDiverged`;
+    after any failure (Ctrl-C included) the student holds its last checked parameters, in eval
+    mode, and ``err.history`` has the estimates so far.
     """
     _check_pair(student, teacher)
-    _positive_int(steps, "steps")
-    _positive_int(batch_size, "batch_size")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    flags = [p.requires_grad for p in teacher.parameters()]
-    teacher.requires_grad_(False)
-    opt = torch.optim.Adam(student.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cosine else None
-    history: list[float] = []
-    try:
+    V.positive_int("steps", steps)
+    V.positive_int("batch_size", batch_size)
+    V.positive_float("lr", lr)
+    V.optional(V.positive_float, "max_grad_norm", max_grad_norm)
+    V.boolean("cosine", cosine)
+    if not isinstance(desc, str):
+        raise TypeError(f"desc must be a string (the progress bar's label), got {V.describe(desc)}")
+    if next(student.parameters(), None) is None:
+        raise ValueError("the student has no parameters to train")
+    history = History()
+    advice = ("Lower the learning rate (lr) or clip gradients (max_grad_norm); check that the teacher's "
+              "density is finite where the student samples.")
+    with _frozen(teacher), TrainingGuard(student, history, "KL estimate", advice) as run:
+        opt = torch.optim.Adam(student.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cosine else None
+        student.train()
         for step in (bar := progress(range(steps), desc=desc)):
-            kl = kl_estimate(student, teacher, batch_size)
-            history.append(
-                guard(
-                    kl,
-                    step,
-                    "KL estimate",
-                    advice="Lower the learning rate or check that the teacher's density is finite where the student samples.",
-                )
-            )
+            run.step = step
+            with _unchecked():
+                kl = _kl(student, teacher, batch_size)
+            value = float(kl.detach())
+            run.observe(step, value)
+            history.append(value)
             opt.zero_grad(set_to_none=True)
             kl.backward()
             if max_grad_norm is not None:
@@ -107,7 +144,7 @@ def distill(
                 schedule.step()
             if step % 25 == 0:
                 bar.set_postfix(kl=f"{history[-1]:.3f}")
-    finally:
-        for p, f in zip(teacher.parameters(), flags):
-            p.requires_grad_(f)
+        run.step = steps
+        run.finish()
+    student.eval()
     return history

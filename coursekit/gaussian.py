@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal
 
+from . import _validate as V
 from .train import guard, progress
 
 __all__ = [
@@ -58,8 +59,19 @@ def _check_data(x: Tensor, what: str = "x") -> None:
         raise ValueError(f"{what} has shape {tuple(x.shape)}, expected (N, p).{hint}")
     if x.shape[0] < 1:
         raise ValueError(f"{what} holds no data point")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} has dtype {x.dtype}; it must be floating point: call {what}.float()")
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} contains NaN or infinite values; clean the data first")
+
+
+def _check_params(x: Tensor, mean: Tensor, log_std: Tensor) -> None:
+    for name, t in (("mean", mean), ("log_std", log_std)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a tensor broadcastable to ({x.shape[1]},), got {V.describe(t)}")
+        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, x.shape[1])):
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected ({x.shape[1]},) to match the data")
+        V.check_dtype_device(name, t, x.dtype, x.device)
 
 
 def gaussian_log_density(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
@@ -76,6 +88,7 @@ def gaussian_log_density(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     tensor([-0.9189])
     """
     _check_data(x)
+    _check_params(x, mean, log_std)
     z = (x - mean) * torch.exp(-log_std)
     return -(0.5 * z**2 + log_std + 0.5 * _LOG_2PI).sum(-1)
 
@@ -88,6 +101,7 @@ def gaussian_grad_log_density(x: Tensor, mean: Tensor, log_std: Tensor) -> tuple
     closed-form MLE (:func:`gaussian_mle`).
     """
     _check_data(x)
+    _check_params(x, mean, log_std)
     inv_var = torch.exp(-2.0 * log_std)
     r = x - mean
     return r * inv_var, r**2 * inv_var - 1.0
@@ -102,6 +116,7 @@ def gaussian_mle(x: Tensor, diagonal: bool = False) -> tuple[Tensor, Tensor]:
     Returns ``(mean (p,), cov (p, p))``, or ``(mean (p,), var (p,))`` when ``diagonal``.
     """
     _check_data(x)
+    V.boolean("diagonal", diagonal)
     mean = x.mean(0)
     r = x - mean
     if diagonal:
@@ -115,8 +130,7 @@ def fit_gaussian(x: Tensor, jitter: float = 1e-3) -> MultivariateNormal:
     Pixels that never vary (the corners of the digits) make the MLE covariance singular; a
     ridge ``jitter * (tr Sigma_N / p) * I`` is added so that the density exists everywhere.
     """
-    if not (isinstance(jitter, (int, float)) and jitter >= 0 and math.isfinite(jitter)):
-        raise ValueError(f"jitter must be a finite non-negative number, got {jitter!r}")
+    V.nonneg_float("jitter", jitter)
     mean, cov = gaussian_mle(x)
     p = cov.shape[0]
     ridge = jitter * torch.diagonal(cov).mean().clamp_min(torch.finfo(cov.dtype).tiny)
@@ -134,7 +148,16 @@ def kl_gaussian(mean0: Tensor, cov0: Tensor, mean1: Tensor, cov1: Tensor) -> Ten
 
     ``KL = [ tr(S1^{-1} S0) + (m1 - m0)^T S1^{-1} (m1 - m0) - p + log det S1 - log det S0 ] / 2``.
     """
-    return torch.distributions.kl_divergence(MultivariateNormal(mean0, cov0), MultivariateNormal(mean1, cov1))
+    for name, t in (("mean0", mean0), ("cov0", cov0), ("mean1", mean1), ("cov1", cov1)):
+        V.tensor(name, t, dim=1 if name.startswith("mean") else 2, like=mean0 if name != "mean0" else None)
+    p = mean0.shape[0]
+    if mean1.shape != (p,) or cov0.shape != (p, p) or cov1.shape != (p, p):
+        raise ValueError(f"shapes do not match: mean0 {tuple(mean0.shape)}, cov0 {tuple(cov0.shape)}, "
+                         f"mean1 {tuple(mean1.shape)}, cov1 {tuple(cov1.shape)}")
+    try:
+        return torch.distributions.kl_divergence(MultivariateNormal(mean0, cov0), MultivariateNormal(mean1, cov1))
+    except (ValueError, RuntimeError) as err:
+        raise ValueError("cov0 and cov1 must be symmetric positive definite matrices") from err
 
 
 def robbins_monro(k: int | Tensor, gamma0: float, alpha: float = 1.0):
@@ -144,14 +167,15 @@ def robbins_monro(k: int | Tensor, gamma0: float, alpha: float = 1.0):
     ``sum_k gamma_k^2 < inf`` (the gradient noise averages out), the conditions under which SGD
     converges almost surely (Robbins and Monro, 1951).
     """
-    if not (gamma0 > 0 and math.isfinite(gamma0)):
-        raise ValueError(f"gamma0 must be a positive number, got {gamma0!r}")
+    gamma0 = V.positive_float("gamma0", gamma0)
+    alpha = V.real("alpha", alpha)
     if not 0.5 < alpha <= 1.0:
         raise ValueError(f"alpha={alpha} breaks the Robbins-Monro conditions; choose 1/2 < alpha <= 1")
     if isinstance(k, Tensor):
         if (k < 1).any():
             raise ValueError("step indices start at k = 1")
         return gamma0 * k.to(torch.get_default_dtype()) ** (-alpha)
+    k = V.integer("k", k)
     if k < 1:
         raise ValueError(f"step indices start at k = 1, got {k}")
     return gamma0 * float(k) ** (-alpha)
@@ -203,10 +227,13 @@ def sgd_mle(
     (True, True)
     """
     _check_data(x)
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    V.positive_int("n_steps", n_steps)
+    V.positive_int("batch_size", batch_size)
+    V.function("log_density", log_density, "a function (batch, *theta) -> log-densities")
+    if isinstance(theta0, Tensor) or not all(isinstance(t, Tensor) for t in theta0):
+        raise TypeError("theta0 must be a sequence of tensors (the initial parameters), e.g. (mean, log_std)")
+    if not all(bool(torch.isfinite(t).all()) for t in theta0):
+        raise ValueError("theta0 contains NaN or infinite values")
     theta = [t.detach().to(device=x.device, dtype=x.dtype).clone().requires_grad_(True) for t in theta0]
     steps = robbins_monro(torch.arange(1, n_steps + 1, device="cpu"), gamma0, alpha)
     # all batches drawn at once: one RNG call instead of n_steps
@@ -233,6 +260,7 @@ def sample_empirical(x: Tensor, n: int, generator: torch.Generator | None = None
     """``n`` samples of the empirical measure ``(1/N) sum_i delta_{x_i}``: training rows drawn
     uniformly with replacement."""
     _check_data(x)
+    V.positive_int("n", n)
     idx = torch.randint(x.shape[0], (n,), generator=generator).to(x.device)
     return x[idx]
 
@@ -245,6 +273,7 @@ def nearest_neighbour_distance(samples: Tensor, reference: Tensor, chunk: int = 
     """
     _check_data(samples, "samples")
     _check_data(reference, "reference")
+    V.positive_int("chunk", chunk)
     if samples.shape[1] != reference.shape[1]:
         raise ValueError(f"samples have dimension {samples.shape[1]} but reference has {reference.shape[1]}")
     out = []

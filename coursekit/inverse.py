@@ -35,6 +35,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from . import _validate as V
 from .train import TrainingDiverged
 
 __all__ = [
@@ -52,24 +53,35 @@ __all__ = [
 ]
 
 
-def _check_batch(x: Tensor, dim: int, what: str) -> None:
+def _check_batch(x: Tensor, dim: int, what: str, like: Tensor | None = None, n: int | None = None) -> None:
+    rows = "n" if n is None else str(n)
     if not isinstance(x, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor of shape (n, {dim}), got {type(x).__name__}")
-    if x.dim() != 2 or x.shape[1] != dim:
+        raise TypeError(f"{what} must be a torch.Tensor of shape ({rows}, {dim}), got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[1] != dim or (n is not None and x.shape[0] != n):
         hint = " A single image needs a batch dimension: use x.unsqueeze(0)." if x.dim() == 1 else ""
-        raise ValueError(f"{what} has shape {tuple(x.shape)}, expected (n, {dim}).{hint}")
+        raise ValueError(f"{what} has shape {tuple(x.shape)}, expected ({rows}, {dim}).{hint}")
+    if like is not None:
+        V.check_dtype_device(what, x, like.dtype, like.device)
+    elif not x.is_floating_point():
+        raise TypeError(f"{what} has dtype {x.dtype}; it must be floating point: call .float()")
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} contains NaN or infinite values")
 
 
 def _check_operator(A: Tensor) -> None:
-    if not isinstance(A, Tensor) or A.dim() != 2:
-        raise ValueError(f"the operator A must be a matrix (m, p), got {getattr(A, 'shape', type(A).__name__)}")
+    if not isinstance(A, Tensor):
+        raise TypeError(f"the operator A must be a matrix (m, p) (a torch.Tensor), got {type(A).__name__}")
+    if A.dim() != 2:
+        raise ValueError(f"the operator A must be a matrix (m, p), got shape {tuple(A.shape)}")
+    if not A.is_floating_point():
+        raise TypeError(f"the operator A has dtype {A.dtype}; it must be floating point: call A.float()")
     if not torch.isfinite(A).all():
         raise ValueError("the operator A contains NaN or infinite entries")
 
 
 def _check_sigma(sigma: float, allow_zero: bool) -> float:
+    if isinstance(sigma, (bool, str, bytes)) or sigma is None:
+        raise TypeError(f"noise level sigma must be a number, got {V.describe(sigma)}")
     sigma = float(sigma)
     if not math.isfinite(sigma) or sigma < 0 or (sigma == 0 and not allow_zero):
         need = "sigma >= 0" if allow_zero else "sigma > 0 (the MAP problem needs noise)"
@@ -93,8 +105,8 @@ def mask_operator(observed: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 
 def random_mask(p: int, keep: float, generator: torch.Generator | None = None) -> Tensor:
     """A boolean mask observing ``round(keep * p)`` pixels chosen uniformly at random."""
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep={keep} must be the observed fraction of pixels, in (0, 1]")
+    V.positive_int("p", p)
+    V.in_range("keep (the observed fraction of pixels)", keep, 0.0, 1.0, low_open=True)
     k = max(1, int(round(keep * p)))
     mask = torch.zeros(p, dtype=torch.bool)
     mask[torch.randperm(p, generator=generator)[:k]] = True
@@ -107,8 +119,10 @@ def blur_operator(shape: tuple[int, int] = (8, 8), width: float = 1.0, dtype: to
     ``(A x)_i = sum_j k_ij x_j`` with ``k_ij`` proportional to ``exp(-|pos_i - pos_j|^2 / (2 width^2))``,
     each row normalised to sum to one (a constant image stays constant; no padding at borders).
     """
-    if not width > 0:
-        raise ValueError(f"blur width must be positive (in pixels), got {width}")
+    V.positive_float("width (the blur width in pixels)", width)
+    shape = V.int_sequence("shape", shape, low=1)
+    if len(shape) != 2:
+        raise ValueError(f"shape must be an image shape (h, w), got {shape}")
     h, w = shape
     dtype = dtype or torch.get_default_dtype()
     rows, cols = torch.meshgrid(torch.arange(h, dtype=dtype), torch.arange(w, dtype=dtype), indexing="ij")
@@ -119,13 +133,14 @@ def blur_operator(shape: tuple[int, int] = (8, 8), width: float = 1.0, dtype: to
 
 def denoising_operator(p: int, dtype: torch.dtype | None = None) -> Tensor:
     """Denoising: ``A = I_p`` (the whole image is observed, with noise)."""
+    V.positive_int("p", p)
     return torch.eye(p, dtype=dtype or torch.get_default_dtype())
 
 
 def simulate(A: Tensor, x: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
     """Observations ``y = A x + G``, ``G ~ N(0, sigma^2 I)``, for each row of ``x`` ``(n, p)``; returns ``(n, m)``."""
     _check_operator(A)
-    _check_batch(x, A.shape[1], "x")
+    _check_batch(x, A.shape[1], "x", like=A)
     sigma = _check_sigma(sigma, allow_zero=True)
     y = x @ A.T
     if sigma > 0:
@@ -135,7 +150,19 @@ def simulate(A: Tensor, x: Tensor, sigma: float, generator: torch.Generator | No
 
 def data_fit(A: Tensor, y: Tensor, sigma: float, x: Tensor) -> Tensor:
     """``||A x - y||^2 / (2 sigma^2)`` for each row, shape ``(n,)``: minus the Gaussian log-likelihood
-    of the observation, up to a constant."""
+    of the observation, up to a constant. ``x`` is ``(n, p)``, ``y`` is ``(n, m)`` (the same n:
+    no broadcasting of one observation against several images) and ``sigma > 0``."""
+    _check_operator(A)
+    _check_batch(x, A.shape[1], "x", like=A)
+    _check_batch(y, A.shape[0], "observations y", like=A)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} rows but the observations y have {y.shape[0]}: one observation per "
+                         f"image (y would be broadcast against the wrong images)")
+    sigma = _check_sigma(sigma, allow_zero=False)
+    return _data_fit(A, y, sigma, x)
+
+
+def _data_fit(A: Tensor, y: Tensor, sigma: float, x: Tensor) -> Tensor:
     return ((x @ A.T - y) ** 2).sum(-1) / (2.0 * sigma**2)
 
 
@@ -185,17 +212,25 @@ def map_estimate(
     """
     _check_operator(A)
     m, p = A.shape
-    _check_batch(y, m, "observations y")
+    _check_batch(y, m, "observations y", like=A)
     sigma = _check_sigma(sigma, allow_zero=False)
+    V.function("log_prior", log_prior, "a function x -> log p(x), one value per image")
+    # max_iter=0 used to return the start as if it were the estimate
+    V.positive_int("max_iter", max_iter)
+    V.positive_float("tol", tol)
     if box is not None:
-        if len(box) != 2 or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in box) or box[0] >= box[1]:
+        if (isinstance(box, (str, bytes)) or not hasattr(box, "__len__") or len(box) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in box)
+                or box[0] >= box[1]):
             raise ValueError(f"box must be a pair (lo, hi) of finite numbers with lo < hi, got {box!r}")
-        if not (isinstance(wall, (int, float)) and math.isfinite(wall) and wall > 0):
+        if isinstance(wall, bool) or not (isinstance(wall, (int, float)) and math.isfinite(wall) and wall > 0):
             raise ValueError(f"wall must be a positive number, got {wall!r}")
     if x0 is None:
         x0 = y @ A
     else:
-        _check_batch(x0, p, "x0")
+        if isinstance(x0, Tensor):  # its dtype is converted to y's, its device is not
+            V.check_dtype_device("x0", x0, None, y.device, floating=True)
+        _check_batch(x0, p, "x0", n=y.shape[0])
     # contiguous: L-BFGS flattens gradients with .view(-1), which fails on a transposed x0 (as from gaussian_map)
     x = x0.detach().to(y.dtype).clone(memory_format=torch.contiguous_format).requires_grad_(True)
     opt = torch.optim.LBFGS(
@@ -210,7 +245,7 @@ def map_estimate(
             raise ValueError(f"log_prior must return one value per image, shape ({z.shape[0]},), got {tuple(lp.shape)}")
         if box is not None:
             lp = lp - wall * ((z - inside) ** 2).sum(-1)
-        return data_fit(A, y, sigma, z) - lp
+        return _data_fit(A, y, sigma, z) - lp
 
     def closure():
         opt.zero_grad()
@@ -239,8 +274,10 @@ def gaussian_map(A: Tensor, y: Tensor, sigma: float, mean: Tensor, cov: Tensor) 
     """
     _check_operator(A)
     m, p = A.shape
-    _check_batch(y, m, "observations y")
+    _check_batch(y, m, "observations y", like=A)
     sigma = _check_sigma(sigma, allow_zero=False)
+    V.tensor("mean", mean, like=A)
+    V.tensor("cov", cov, like=A)
     if mean.shape != (p,) or cov.shape != (p, p):
         raise ValueError(f"prior mean {tuple(mean.shape)} / cov {tuple(cov.shape)} do not match p = {p}")
     SAt = cov @ A.T  # (p, m)
@@ -252,6 +289,8 @@ def gaussian_map(A: Tensor, y: Tensor, sigma: float, mean: Tensor, cov: Tensor) 
 
 def mse(x_hat: Tensor, x: Tensor) -> Tensor:
     """Mean squared error per image, ``(1/p) ||x_hat - x||^2``, shape ``(n,)``."""
+    V.tensor("x_hat", x_hat, finite=False)
+    V.tensor("x", x, finite=False, like=x_hat)
     if x_hat.shape != x.shape:
         raise ValueError(f"shapes differ: estimate {tuple(x_hat.shape)} vs truth {tuple(x.shape)}")
     return ((x_hat - x) ** 2).mean(-1)
@@ -262,4 +301,5 @@ def psnr(x_hat: Tensor, x: Tensor, data_range: float = 16.0) -> Tensor:
 
     ``data_range`` is the span of pixel values: 16 for the digits in their ``0..16`` scale.
     """
+    data_range = V.positive_float("data_range", data_range)
     return 10.0 * torch.log10(data_range**2 / mse(x_hat, x).clamp_min(1e-12))

@@ -1,7 +1,9 @@
 """Training utilities shared by every model: progress bars and a divergence guard.
 
 Model-specific training loops (maximum likelihood, reverse KL, distillation, EBM training)
-use :func:`progress` for their loop and :func:`guard` on every loss they compute.
+use :func:`progress` for their loop and one :class:`TrainingGuard` around it: it stops a
+diverging run with :class:`TrainingDiverged` and advice, and on any exception (Ctrl-C
+included) leaves the model at its best checked state, in eval mode.
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ from typing import Callable
 
 import torch
 
-__all__ = ["History", "TrainingDiverged", "guard", "progress", "fit_mle", "fit_reverse_kl"]
+from . import _validate as V
+
+__all__ = ["History", "TrainingDiverged", "TrainingGuard", "guard", "progress", "fit_mle", "fit_reverse_kl"]
 
 
 class TrainingDiverged(RuntimeError):
-    """A training run produced a NaN or infinite (or exploding) value and was stopped."""
+    """A training run produced a NaN or infinite (or exploding) value and was stopped.
+
+    The trainers restore the model to its last checked state before raising (see
+    :class:`TrainingGuard`) and attach the loss history as ``err.history``.
+    """
+
+    history = None
 
 
 def guard(value: torch.Tensor | float, step: int, what: str = "loss", advice: str = "", limit: float = math.inf) -> float:
@@ -35,6 +45,165 @@ def guard(value: torch.Tensor | float, step: int, what: str = "loss", advice: st
             + f". {advice or default}"
         )
     return v
+
+
+class TrainingGuard:
+    """The fail-safe shared by every trainer: divergence detection, snapshots, restore on failure.
+
+    Use it as a context manager around the loop and call :meth:`observe` with each step's loss
+    (already a Python float: the loop synchronises for it anyway)::
+
+        with TrainingGuard(model, history, "negative log-likelihood", advice) as run:
+            for step in range(steps):
+                loss = ...
+                run.observe(step, float(loss))   # before the optimiser step
+                ...optimiser step...
+
+    **Divergence rule.** Every ``check_every`` steps (a *checkpoint*) the guard looks at the
+    losses of the window since the previous checkpoint and stops with
+    :class:`TrainingDiverged` when
+
+    * a loss is NaN or infinite (checked at every step, as :func:`guard` does);
+    * the *smallest* loss of the window exceeds the best loss seen so far by more than
+      ``max(10, p, 3 |best|)`` nats, ``p`` the model's event size (``rule=True`` only): a
+      sustained rise, not a noisy batch (the window's minimum ignores spikes shorter than the
+      window). Minibatch noise of a per-sample NLL or KL is O(sqrt(p)) nats and early
+      transients are a few nats, far below the margin, while a run that blows up (an NLL of
+      3.8 growing to 1e24, a reverse KL of 3e10) exceeds it by orders of magnitude;
+    * a parameter is NaN or infinite, or the parameters' Euclidean norm exceeds
+      ``1000 (1 + |theta_0|)``: training that moves every weight by far more than its scale.
+
+    **Snapshots.** At every checkpoint whose checks pass and whose current loss is itself
+    within the margin, the parameters (``state_dict``, copied on their device: no host
+    transfer) are kept: the last *checked* state. The parameter norm is the only extra host
+    synchronisation, once per checkpoint.
+
+    **On any exception** (divergence, an error in the user's callback, ``KeyboardInterrupt``)
+    the model gets back the best state known: with validation (:meth:`keep_best`) the best on
+    validation, otherwise the last checked state; it is put in eval mode, ``history.stopped_at``
+    and ``history.stop_reason`` say where and why it stopped, ``history.restored_step`` which
+    step's parameters it holds, and the exception (re-raised) carries ``err.history``.
+    The optimiser's state is not restored: build a new one to continue.
+    """
+
+    def __init__(self, model: torch.nn.Module, history, what: str = "loss", advice: str = "",
+                 check_every: int = 25, rule: bool = True):
+        self.model, self.history, self.what, self.advice = model, history, what, advice
+        self.check_every = V.positive_int("check_every", check_every)
+        self.rule = rule
+        dims = getattr(model, "dim", None)
+        self.margin_floor = max(10.0, float(dims) if isinstance(dims, int) else 0.0)
+        self.best = math.inf
+        self.window: list[float] = []
+        self.snapshot: tuple[int, dict] | None = None
+        self.best_val: tuple[float, int, dict] | None = None
+        self.step = -1
+
+    # -- rule
+    def margin(self) -> float:
+        return max(self.margin_floor, 3.0 * abs(self.best))
+
+    def reset_best(self) -> None:
+        """Forget the best loss (the objective changed, e.g. at the end of annealing)."""
+        self.best = math.inf
+        self.window = []
+
+    def _param_norm(self) -> float:
+        norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in self.model.parameters()]
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+    def _diverged(self, message: str) -> TrainingDiverged:
+        return TrainingDiverged(f"training stopped at step {self.step}: {message}. "
+                                f"{self.advice or 'Lower the learning rate or clip gradients.'}")
+
+    def _check_params(self) -> None:
+        norm = self._param_norm()
+        if not math.isfinite(norm):
+            raise self._diverged("a parameter is NaN or infinite")
+        if norm > 1000.0 * (1.0 + self.norm0):
+            raise self._diverged(f"the parameters blew up (norm {norm:.3g}, from {self.norm0:.3g} at the start)")
+
+    def observe(self, step: int, value: float) -> None:
+        """Record step ``step``'s loss (computed with the current parameters, before they are
+        updated); raise on a NaN/inf loss; run the checkpoint every ``check_every`` steps."""
+        self.step = step
+        if not math.isfinite(value):
+            raise self._diverged(f"the {self.what} is {value!r}")
+        self.window.append(value)
+        if step % self.check_every == 0:
+            self.checkpoint(snapshot=True)
+
+    def checkpoint(self, snapshot: bool = True) -> None:
+        if self.window and self.rule:
+            low = min(self.window)
+            if self.best < math.inf and low > self.best + self.margin():
+                raise self._diverged(
+                    f"the {self.what} rose from its best {self.best:.4g} to at least {low:.4g} over the last "
+                    f"{len(self.window)} steps (a rise beyond the divergence margin {self.margin():.3g})")
+            self.best = min(self.best, low)
+        current = self.window[-1] if self.window else None
+        self.window = []
+        self._check_params()
+        healthy = current is None or not self.rule or current <= self.best + self.margin()
+        if snapshot and healthy:
+            self.snapshot = (self.step, _copy_state(self.model))
+
+    def keep_best(self, step: int, value: float) -> bool:
+        """Validation: keep the parameters if ``value`` is the best so far; return whether it was."""
+        if math.isfinite(value) and (self.best_val is None or value < self.best_val[0]):
+            self.best_val = (value, step, _copy_state(self.model))
+            return True
+        return False
+
+    # -- context
+    def __enter__(self) -> "TrainingGuard":
+        self.norm0 = self._param_norm()
+        if not math.isfinite(self.norm0):
+            raise ValueError(f"{type(self.model).__name__} has NaN or infinite parameters before training; "
+                             "re-initialise it (or load a good state_dict)")
+        self.snapshot = (0, _copy_state(self.model))
+        return self
+
+    def finish(self) -> None:
+        """End of the loop: check the last window and the final parameters (one last sync)."""
+        self.checkpoint(snapshot=False)
+
+    def _restore(self) -> int | None:
+        if self.best_val is not None:
+            state, step = self.best_val[2], self.best_val[1]
+        elif self.snapshot is not None:
+            step, state = self.snapshot
+        else:
+            return None
+        with torch.no_grad():
+            self.model.load_state_dict(state)
+        return step
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        h = self.history
+        try:
+            if exc is not None:
+                restored = self._restore()
+                if h is not None:
+                    h.stopped_at = self.step
+                    h.stop_reason = ("interrupted (KeyboardInterrupt)" if isinstance(exc, KeyboardInterrupt)
+                                     else f"{type(exc).__name__}: {exc}")
+                    h.restored_step = restored
+                    try:
+                        exc.history = h
+                    except AttributeError:  # pragma: no cover - exceptions without __dict__
+                        pass
+                if restored is not None and hasattr(exc, "add_note"):
+                    exc.add_note(f"coursekit: training stopped at step {self.step}; the model was restored to its "
+                                 f"parameters of step {restored} (the best checked state) and put in eval mode. "
+                                 f"The losses so far are in err.history.")
+        finally:
+            self.model.eval()
+        return False
+
+
+def _copy_state(model: torch.nn.Module) -> dict:
+    return {k: t.detach().clone() for k, t in model.state_dict().items()}
 
 
 def progress(iterable=None, total: int | None = None, desc: str = "", **kwargs):
@@ -70,19 +239,32 @@ def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, model: torch.nn.Module
 
 
 def _param_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"the model must be a torch.nn.Module (a coursekit Flow), got {type(model).__name__}")
     p = next(model.parameters(), None)
     if p is None:
         raise ValueError(f"{type(model).__name__} has no parameters to train")
     return p.device, p.dtype
 
 
-def _check_training_args(steps, lr, batch_size, what_batch):
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"{what_batch} must be a positive integer, got {batch_size!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive learning rate, got {lr!r}")
+def _check_optimizer(optimizer, model) -> None:
+    if optimizer is None:
+        return
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None for Adam), got {type(optimizer).__name__}")
+    ids = {id(p) for p in model.parameters()}
+    if not any(id(p) in ids for g in optimizer.param_groups for p in g["params"]):
+        raise ValueError("optimizer does not hold any parameter of the model it should train; "
+                         "build it from model.parameters()")
+
+
+def _check_training_args(steps, lr, batch_size, what_batch, clip=None, desc="") -> None:
+    V.positive_int("steps", steps)
+    V.positive_int(what_batch, batch_size)
+    V.positive_float("lr", lr)
+    V.optional(V.positive_float, "clip", clip)
+    if not isinstance(desc, str):
+        raise TypeError(f"desc must be a string (the progress bar's label), got {V.describe(desc)}")
 
 
 class History(list):
@@ -90,12 +272,18 @@ class History(list):
 
     ``val`` lists ``(step, value)`` pairs, one per validation pass (empty without validation
     data); ``best_step`` is the step whose parameters were kept (``None`` without validation).
+    When training stopped early (divergence, an error, Ctrl-C; see :class:`TrainingGuard`),
+    ``stopped_at`` is the step, ``stop_reason`` why, and ``restored_step`` the step whose
+    parameters the model holds; all three are ``None`` after a complete run.
     """
 
     def __init__(self, *args):
         super().__init__(*args)
         self.val: list[tuple[int, float]] = []
         self.best_step: int | None = None
+        self.stopped_at: int | None = None
+        self.stop_reason: str | None = None
+        self.restored_step: int | None = None
 
 
 def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, lr: float = 1e-3,
@@ -109,7 +297,7 @@ def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, 
     on the negative log-likelihood ``-mean log p_theta(x)`` (nats per sample), the empirical
     KL divergence to the data up to a constant. ``data`` is moved to the flow's device and dtype
     once. ``clip`` bounds the gradient norm (``None``: no clipping); ``seed`` seeds the batch
-    draws. Raises :class:`TrainingDiverged` on a NaN/infinite loss.
+    draws.
 
     ``transform`` is applied to every minibatch before its log-likelihood, e.g. fresh
     dequantisation noise for integer pixels (``transform=lambda k: uniform_dequantize(k, 17)``):
@@ -121,6 +309,11 @@ def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, 
     the last step, and the parameters with the lowest value are restored at the end (early
     stopping). The passes are recorded in ``history.val``, the step kept in ``history.best_step``.
 
+    Fails safe (:class:`TrainingGuard`): a NaN/infinite or diverging loss stops training with
+    :class:`TrainingDiverged` and advice; after it, after an error in ``transform`` or after
+    Ctrl-C, the flow holds its best parameters (best on ``val_data``, else the last checked
+    state), in eval mode, and ``err.history`` says where it stopped.
+
     >>> from coursekit.flows import Flow, Planar, Compose
     >>> _ = torch.manual_seed(0)
     >>> flow = Flow(Compose(*[Planar(2) for _ in range(4)]))
@@ -128,12 +321,14 @@ def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, 
     >>> len(hist), hist[-1] < hist[0]
     (20, True)
     """
-    _check_training_args(steps, lr, batch_size, "batch_size")
-    if not isinstance(val_every, int) or isinstance(val_every, bool) or val_every < 1:
-        raise ValueError(f"val_every must be a positive integer (steps between validation passes), got {val_every!r}")
+    dev, dtype = _param_device_dtype(flow)
+    _check_training_args(steps, lr, batch_size, "batch_size", clip, desc)
+    V.nonneg_float("weight_decay", weight_decay)
+    V.optional(V.seed, "seed", seed)
+    V.positive_int("val_every", val_every)
+    _check_optimizer(optimizer, flow)
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be a function of a batch, got {type(transform).__name__}")
-    dev, dtype = _param_device_dtype(flow)
     data = _check_data(flow, data, "data")
     history = History()
     val = None
@@ -141,38 +336,42 @@ def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, 
         val = _check_data(flow, val_data, "val_data")
         with torch.no_grad():
             val = _batch(val, transform, "val_data")
-        best = (math.inf, None)
     gen = torch.Generator(device=dev)
     # without a seed, the batch order follows torch's global RNG (seeded by coursekit.setup)
     gen.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
-    opt = optimizer or torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay)
-    flow.train()
-    bar = progress(range(steps), total=steps, desc=desc)
-    for step in bar:
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen, device=dev)
-        loss = -flow.log_prob(_batch(data[idx], transform, "data")).mean()
-        value = guard(loss, step, "negative log-likelihood",
-                      advice="Lower the learning rate (lr), enable gradient clipping (clip=...), "
-                             "or standardise the data (flows with a standard normal base expect data of scale ~1).")
-        _step(opt, loss, flow, clip)
-        history.append(value)
-        if step % 50 == 0:
-            bar.set_postfix(nll=f"{value:.3f}")
-        if val is not None and ((step + 1) % val_every == 0 or step + 1 == steps):
-            flow.eval()
-            with torch.no_grad():
-                v = float(-flow.log_prob(val).mean())
-            flow.train()
-            history.val.append((step + 1, v))
-            if v < best[0]:  # a NaN never wins, so a diverged model is not kept
-                best = (v, {k: t.detach().clone() for k, t in flow.state_dict().items()})
-                history.best_step = step + 1
-    flow.eval()
-    if val is not None:
-        if best[1] is None:
+    advice = ("Lower the learning rate (lr), enable gradient clipping (clip=...), "
+              "or standardise the data (flows with a standard normal base expect data of scale ~1).")
+    with TrainingGuard(flow, history, "negative log-likelihood", advice) as run:
+        opt = optimizer or torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay)
+        flow.train()
+        bar = progress(range(steps), total=steps, desc=desc)
+        for step in bar:
+            run.step = step
+            idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen, device=dev)
+            loss = -flow.log_prob(_batch(data[idx], transform, "data")).mean()
+            value = float(loss.detach())
+            run.observe(step, value)
+            _step(opt, loss, flow, clip)
+            history.append(value)
+            if step % 50 == 0:
+                bar.set_postfix(nll=f"{value:.3f}")
+            if val is not None and ((step + 1) % val_every == 0 or step + 1 == steps):
+                flow.eval()
+                with torch.no_grad():
+                    v = float(-flow.log_prob(val).mean())
+                flow.train()
+                history.val.append((step + 1, v))
+                if run.keep_best(step + 1, v):  # a NaN never wins, so a diverged model is not kept
+                    history.best_step = step + 1
+        run.step = steps
+        if val is not None and run.best_val is None:
             raise TrainingDiverged("the validation negative log-likelihood was never finite; "
                                    "lower the learning rate or check val_data against the training data")
-        flow.load_state_dict(best[1])
+        run.finish()
+    if run.best_val is not None:
+        with torch.no_grad():
+            flow.load_state_dict(run.best_val[2])
+    flow.eval()
     return history
 
 
@@ -186,6 +385,8 @@ def _check_data(flow, data, name: str) -> torch.Tensor:
                          f"to match the flow's event shape")
     if data.shape[0] < 1:
         raise ValueError(f"{name} is empty; it needs at least one row")
+    if data.dtype == torch.bool or data.is_complex():
+        raise TypeError(f"{name} has dtype {data.dtype}; it must hold real numbers (it is moved to {dtype})")
     if not torch.isfinite(data).all():
         raise ValueError(f"{name} contains NaN or infinite values; remove or impute them before training")
     return data.to(device=dev, dtype=dtype)
@@ -203,7 +404,7 @@ def _batch(x: torch.Tensor, transform, name: str) -> torch.Tensor:
 
 def fit_reverse_kl(flow, log_target: Callable[[torch.Tensor], torch.Tensor], steps: int = 1000, n_samples: int = 256,
                    lr: float = 1e-3, anneal: int = 0, clip: float | None = 10.0,
-                   optimizer: torch.optim.Optimizer | None = None, desc: str = "reverse KL") -> list[float]:
+                   optimizer: torch.optim.Optimizer | None = None, desc: str = "reverse KL") -> History:
     """Fit ``flow`` to an unnormalised target ``exp(log_target)`` by minimising the reverse KL.
 
     The loss is the Monte Carlo estimate, with ``n_samples`` reparametrised samples
@@ -211,8 +412,10 @@ def fit_reverse_kl(flow, log_target: Callable[[torch.Tensor], torch.Tensor], ste
     (the negative ELBO, Rezende and Mohamed 2015): it needs samples and their log-density in one
     forward pass, never the inverse. ``anneal > 0`` multiplies ``log_target`` by
     ``beta_t = min(1, 0.01 + t / anneal)`` during the first ``anneal`` steps, as in the paper.
-    Returns the loss history (add ``log Z`` to get the KL divergence).
-    Raises :class:`TrainingDiverged` on a NaN/infinite loss.
+    Returns the loss history (a :class:`History`, a list; add ``log Z`` to get the KL divergence).
+
+    Fails safe like :func:`fit_mle` (:class:`TrainingGuard`); the divergence rule starts once the
+    annealing is over (while ``beta`` grows the loss legitimately grows with it).
 
     >>> from coursekit.flows import Flow, Planar, Compose
     >>> from coursekit.data import log_target
@@ -222,31 +425,38 @@ def fit_reverse_kl(flow, log_target: Callable[[torch.Tensor], torch.Tensor], ste
     >>> len(hist), hist[-1] < hist[0]
     (30, True)
     """
-    _check_training_args(steps, lr, n_samples, "n_samples")
+    _param_device_dtype(flow)  # the flow samples on its own device (its base buffers follow it)
+    _check_training_args(steps, lr, n_samples, "n_samples", clip, desc)
     if not callable(log_target):
         raise TypeError("log_target must be a function mapping a (n, p) tensor to n log-densities")
-    if not isinstance(anneal, int) or anneal < 0:
-        raise ValueError(f"anneal must be a non-negative number of steps, got {anneal!r}")
-    _param_device_dtype(flow)  # the flow samples on its own device (its base buffers follow it)
-    opt = optimizer or torch.optim.Adam(flow.parameters(), lr=lr)
-    history: list[float] = []
-    flow.train()
-    bar = progress(range(steps), total=steps, desc=desc)
-    for step in bar:
-        beta = min(1.0, 0.01 + step / anneal) if anneal else 1.0
-        x, log_q = flow.rsample_and_log_prob(n_samples)
-        lt = log_target(x)
-        if lt.shape != log_q.shape:
-            raise ValueError(
-                f"log_target returned shape {tuple(lt.shape)}, expected ({n_samples},): one value per sample"
-            )
-        loss = (log_q - beta * lt).mean()
-        value = guard(loss, step, "reverse-KL loss",
-                      advice="Lower the learning rate (lr), anneal the target (anneal=...), or clip gradients; "
-                             "check that log_target is finite everywhere the flow can put mass.")
-        _step(opt, loss, flow, clip)
-        history.append(value)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{value:.3f}")
+    V.nonneg_int("anneal", anneal)
+    _check_optimizer(optimizer, flow)
+    history = History()
+    advice = ("Lower the learning rate (lr), anneal the target (anneal=...), or clip gradients; "
+              "check that log_target is finite everywhere the flow can put mass.")
+    with TrainingGuard(flow, history, "reverse-KL loss", advice) as run:
+        opt = optimizer or torch.optim.Adam(flow.parameters(), lr=lr)
+        flow.train()
+        bar = progress(range(steps), total=steps, desc=desc)
+        for step in bar:
+            run.step = step
+            beta = min(1.0, 0.01 + step / anneal) if anneal else 1.0
+            if anneal and step == anneal:
+                run.reset_best()  # the objective is fixed from here on
+            x, log_q = flow.rsample_and_log_prob(n_samples)
+            lt = log_target(x)
+            if not isinstance(lt, torch.Tensor) or lt.shape != log_q.shape:
+                got = tuple(lt.shape) if isinstance(lt, torch.Tensor) else type(lt).__name__
+                raise ValueError(f"log_target returned shape {got}, expected ({n_samples},): one value per sample")
+            loss = (log_q - beta * lt).mean()
+            value = float(loss.detach())
+            run.rule = not anneal or step >= anneal
+            run.observe(step, value)
+            _step(opt, loss, flow, clip)
+            history.append(value)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{value:.3f}")
+        run.step = steps
+        run.finish()
     flow.eval()
     return history

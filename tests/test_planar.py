@@ -132,3 +132,60 @@ def test_repr_and_bad_construction():
     for cls in (Planar, Radial):
         with pytest.raises(ValueError):
             cls(0)
+
+
+# ----------------------------------------------------------------------------- numerical edges of the inverse
+
+
+def _g(a):
+    return a + 0.5 * a.tanh(), 1 + 0.5 * (1 - a.tanh() ** 2)
+
+
+def test_solve_monotone_refuses_a_root_outside_the_bracket():
+    t = torch.tensor([0.0, 10.0])
+    with pytest.raises(ValueError, match="not bracketed for 1 element"):
+        solve_monotone(_g, t, torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0]))
+
+
+def test_solve_monotone_refuses_a_decreasing_function():
+    with pytest.raises(ValueError, match="check that g increases"):
+        solve_monotone(lambda a: (-a, -torch.ones_like(a)), torch.tensor([0.5]), torch.tensor([-1.0]), torch.tensor([1.0]))
+
+
+def test_solve_monotone_reports_non_convergence_and_bad_settings():
+    from coursekit.flows.planar import NotConverged
+
+    t = torch.tensor([0.3], dtype=torch.float64)
+    with pytest.raises(NotConverged, match="did not converge in max_iter=2"):
+        solve_monotone(_g, t, t - 100, t + 100, max_iter=2)
+    with pytest.raises(ValueError, match="max_iter must be a positive integer, got 0"):
+        solve_monotone(_g, t, t - 1, t + 1, max_iter=0)
+    with pytest.raises(ValueError, match="bracket is empty"):
+        solve_monotone(_g, t, t + 1, t - 1)
+
+
+def test_solve_monotone_midpoint_does_not_overflow_near_the_largest_float():
+    big = torch.finfo(torch.float32).max
+    t = torch.tensor([0.95 * big])
+    a = solve_monotone(lambda a: (a, torch.ones_like(a)), t, torch.tensor([0.9 * big]), torch.tensor([big]))
+    assert bool(torch.isfinite(a).all()) and torch.allclose(a, t, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e38])
+def test_planar_inverse_is_finite_for_huge_float32_inputs(scale):
+    torch.manual_seed(0)
+    T = Planar(2)
+    x = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -0.5]]) * scale
+    z, ld = T.inverse(x)
+    assert bool(torch.isfinite(z).all()) and bool(torch.isfinite(ld).all())
+    with torch.no_grad():  # far from the hyperplane tanh saturates: z = x - u_hat * sign(w^T x + b)
+        expect = x - torch.sign(x @ T.w + T.b).unsqueeze(-1) * T.u_hat()
+    assert torch.allclose(z, expect, rtol=1e-6)
+
+
+def test_planar_inverse_says_so_when_w_x_overflows():
+    T = Planar(2)
+    with torch.no_grad():
+        T.w.fill_(10.0)
+    with pytest.raises(ValueError, match="overflows torch.float32.*float64"):
+        T.inverse(torch.full((1, 2), 3e38))

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _validate as V
+
 __all__ = [
     "DIGITS_MAX",
     "DIGITS_SHAPE",
@@ -76,7 +78,7 @@ def _count(fraction_or_count: float | int, n: int, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name} must be a fraction in [0, 1) or a number of images, got {v!r}")
     if isinstance(v, float):
-        if not 0.0 <= v < 1.0:
+        if not 0.0 <= v < 1.0:  # NaN fails this too
             raise ValueError(f"{name}={v} as a fraction must lie in [0, 1); pass an int for a number of images")
         return int(round(v * n))
     if v < 0:
@@ -113,11 +115,10 @@ def load_digits_split(
         a :class:`DigitsSplit` of float32 images ``(n, 64)`` with values in ``0..16`` and
         int64 labels. Use :func:`to_unit` for values in ``[0, 1]``.
     """
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    V.seed("seed", seed)
     data, target = _raw()
     if classes is not None:
-        classes = sorted({int(c) for c in classes})
+        classes = sorted(set(V.int_sequence("classes", classes, low=0)))
         if not classes or any(c < 0 or c > 9 for c in classes):
             raise ValueError(f"classes must be a non-empty subset of 0..9, got {classes}")
         keep = np.isin(target, classes)
@@ -162,11 +163,13 @@ def load_digits_split(
 
 def to_unit(x: Tensor) -> Tensor:
     """Map pixel values from ``0..16`` to ``[0, 1]`` (divide by 16)."""
+    V.tensor("x", x, floating=False, finite=False)
     return x / DIGITS_MAX
 
 
 def from_unit(u: Tensor) -> Tensor:
     """Inverse of :func:`to_unit`: map ``[0, 1]`` back to the ``0..16`` scale."""
+    V.tensor("u", u, floating=False, finite=False)
     return u * DIGITS_MAX
 
 
@@ -179,6 +182,7 @@ def dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """
     from ..flows.images import uniform_dequantize  # the one implementation (it also checks the values)
 
+    V.tensor("x", x, floating=False, finite=False)
     if not torch.is_floating_point(x):
         raise TypeError(f"dequantize expects float images in the 0..16 scale, got dtype {x.dtype}")
     return uniform_dequantize(x, int(DIGITS_MAX) + 1, generator)

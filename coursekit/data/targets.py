@@ -22,13 +22,18 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .. import _validate as V
+
 __all__ = ["TARGETS", "energy", "log_target", "log_normalizer"]
 
 
 def _check(z: Tensor) -> None:
-    if not isinstance(z, Tensor) or z.dim() != 2 or z.shape[1] != 2:
-        shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
-        raise ValueError(f"target energies take points of shape (n, 2), got {shape}")
+    if not isinstance(z, Tensor):
+        raise TypeError(f"target energies take a tensor z of shape (n, 2), got {type(z).__name__}")
+    if z.dim() != 2 or z.shape[1] != 2:
+        raise ValueError(f"target energies take points z of shape (n, 2), got {tuple(z.shape)}")
+    if not z.is_floating_point():
+        raise TypeError(f"z has dtype {z.dtype}; target energies need floating point: call z.float()")
 
 
 def _w1(z1):
@@ -82,8 +87,7 @@ TARGETS: dict[str, Callable[[Tensor], Tensor]] = {"U1": U1, "U2": U2, "U3": U3, 
 
 def energy(name: str, z: Tensor) -> Tensor:
     """The energy ``U_name(z)`` of the paper (no wall), one value per row of ``z``."""
-    if name not in TARGETS:
-        raise ValueError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
+    V.choice("name (the target)", name, tuple(TARGETS))
     return TARGETS[name](z)
 
 
@@ -93,9 +97,9 @@ def log_target(name: str, wall: float | None = 4.0) -> Callable[[Tensor], Tensor
     ``W(z) = 0.5 * (max(|z_1| - wall, 0) / 0.1)^2`` confines the first coordinate (see the
     module docstring); ``wall=None`` gives the paper's ``-U`` alone.
     """
-    if name not in TARGETS:
-        raise ValueError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
+    V.choice("name (the target)", name, tuple(TARGETS))
     fn = TARGETS[name]
+    wall = V.optional(V.positive_float, "wall", wall)
 
     def log_p(z: Tensor) -> Tensor:
         out = -fn(z)
@@ -110,6 +114,10 @@ def log_target(name: str, wall: float | None = 4.0) -> Callable[[Tensor], Tensor
 def log_normalizer(name: str, wall: float = 4.0, lim: float = 6.0, n_grid: int = 1201) -> float:
     """``log Z = log integral exp(log_target(name)(z)) dz`` by the midpoint rule on ``[-lim, lim]^2``
     (float64). With the default wall the mass outside the box is negligible (below 1e-12)."""
+    V.choice("name (the target)", name, tuple(TARGETS))
+    V.positive_float("wall", wall)
+    V.positive_float("lim", lim)
+    V.integer("n_grid", n_grid, 1, 20_000)  # n_grid^2 points in float64: 20,000 is 3.2 GB already
     h = 2 * lim / n_grid
     t = -lim + h * (torch.arange(n_grid, dtype=torch.float64) + 0.5)
     zz = torch.cartesian_prod(t, t)

@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor
 
+from .. import _validate as V
+
 __all__ = ["TOY_DATASETS", "sample_toy"]
 
 
@@ -85,10 +87,10 @@ def sample_toy(name: str, n: int, seed: int = 0, device: torch.device | str | No
     """
     if name not in _GENERATORS:
         raise ValueError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_DATASETS)}")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer number of points, got {n!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    V.positive_int("n (the number of points)", n)
+    V.seed("seed", seed)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {V.describe(dtype)}")
     g = torch.Generator().manual_seed(seed)
     x = _GENERATORS[name](n, g)
     # shuffle so that classes (moons, mixture components) are not in blocks

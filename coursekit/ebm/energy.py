@@ -25,7 +25,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..flows.base import check_input
+from .. import _validate as V
+from ..flows.base import check_input, validation_enabled
 
 __all__ = [
     "Energy",
@@ -48,16 +49,15 @@ class Energy(nn.Module):
 
     def __init__(self, event_shape: Iterable[int]):
         super().__init__()
-        self.event_shape = tuple(int(s) for s in event_shape)
-        if not self.event_shape or any(s < 1 for s in self.event_shape):
-            raise ValueError(f"event_shape must be a non-empty tuple of positive sizes, got {self.event_shape}")
+        self.event_shape = V.int_sequence("event_shape", event_shape, low=1, min_len=1)
         self.dim = math.prod(self.event_shape)
 
     def _energy(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input(x, self.event_shape, f"{type(self).__name__} input x")
+        if validation_enabled():
+            check_input(x, self.event_shape, f"{type(self).__name__} input x", like=V.reference(self))
         u = self._energy(x)
         if u.shape != x.shape[:1]:
             raise RuntimeError(f"{type(self).__name__}._energy returned shape {tuple(u.shape)}, expected ({x.shape[0]},)")
@@ -65,6 +65,8 @@ class Energy(nn.Module):
 
     def score(self, x: Tensor) -> Tensor:
         """The score of p_theta: ``-grad_x U(x)``, shape of ``x`` (no graph kept)."""
+        if validation_enabled():
+            check_input(x, self.event_shape, f"{type(self).__name__}.score input x", like=V.reference(self))
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self(x).sum(), x)
@@ -76,7 +78,9 @@ class Energy(nn.Module):
         return ProductOfExperts([self, other])
 
     def __rmul__(self, weight: float) -> "ProductOfExperts":
-        return ProductOfExperts([self], weights=[float(weight)])
+        if isinstance(weight, Energy):
+            return NotImplemented
+        return ProductOfExperts([self], weights=[V.real("weight", weight)])
 
 
 def _activation(name: str) -> nn.Module:
@@ -95,10 +99,10 @@ class MLPEnergy(Energy):
     """
 
     def __init__(self, dim: int, hidden: int = 128, depth: int = 2, activation: str = "silu", x_quad: float = 0.0):
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if depth < 1 or hidden < 1:
-            raise ValueError(f"depth and hidden must be >= 1, got depth={depth}, hidden={hidden}")
+        V.positive_int("dim", dim)
+        V.positive_int("hidden", hidden)
+        V.positive_int("depth", depth)
+        x_quad = V.nonneg_float("x_quad", x_quad)
         super().__init__((dim,))
         layers: list[nn.Module] = []
         width = dim
@@ -135,9 +139,15 @@ class ImageEnergy(Energy):
 
     def __init__(self, shape: Sequence[int] = (8, 8), channels: Sequence[int] = (32, 64), flat: bool = True,
                  x_quad: float = 0.0):
-        h, w = (int(s) for s in shape)
-        if len(channels) != 2 or min(channels) < 1:
+        shape = V.int_sequence("shape", shape, low=1)
+        if len(shape) != 2:
+            raise ValueError(f"shape must be an image shape (h, w), got {shape}")
+        h, w = shape
+        channels = V.int_sequence("channels", channels, low=1)
+        if len(channels) != 2:
             raise ValueError(f"channels must be two positive widths, got {channels}")
+        V.boolean("flat", flat)
+        x_quad = V.nonneg_float("x_quad", x_quad)
         super().__init__((h * w,) if flat else (h, w))
         self.shape, self.flat, self.x_quad = (h, w), flat, float(x_quad)
         c1, c2 = (int(c) for c in channels)
@@ -164,12 +174,21 @@ class GaussianEnergy(Energy):
     log Z = (p/2) log(2 pi std^2) known in closed form (used to test samplers)."""
 
     def __init__(self, mean: Tensor, std: float | Tensor = 1.0):
-        mean = torch.as_tensor(mean, dtype=torch.get_default_dtype())
-        if mean.dim() != 1:
+        if isinstance(mean, (str, bytes)) or mean is None:
+            raise TypeError(f"mean must be a vector of shape (p,), got {V.describe(mean)}")
+        mean = torch.as_tensor(mean, dtype=mean.dtype if isinstance(mean, Tensor) and mean.is_floating_point()
+                               else torch.get_default_dtype())
+        if mean.dim() != 1 or mean.numel() < 1:
             raise ValueError(f"mean must be a vector of shape (p,), got shape {tuple(mean.shape)}")
-        std = torch.as_tensor(std, dtype=mean.dtype)
-        if not torch.all(std > 0):
-            raise ValueError(f"std must be positive, got {std}")
+        if not torch.isfinite(mean).all():
+            raise ValueError("mean contains NaN or infinite values; it must be finite")
+        if isinstance(std, (bool, str, bytes)) or std is None:
+            raise TypeError(f"std must be a positive number or a (p,) tensor of them, got {V.describe(std)}")
+        std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device)
+        if std.dim() > 1 or (std.dim() == 1 and std.shape != mean.shape):
+            raise ValueError(f"std must be a number or have the mean's shape {tuple(mean.shape)}, got {tuple(std.shape)}")
+        if not (torch.isfinite(std).all() and torch.all(std > 0)):
+            raise ValueError(f"std must be positive and finite, got {std.tolist()}")
         super().__init__((mean.shape[0],))
         self.register_buffer("mean", mean)
         self.register_buffer("std", std.expand_as(mean).clone())
@@ -213,8 +232,11 @@ def log_partition_1d(energy, lo: float = -8.0, hi: float = 8.0, n: int = 20_001,
     finite differences or autograd through it). Mass outside [lo, hi] is ignored: choose the
     interval wide enough (the integrand should be negligible at both ends; this is checked).
     """
-    if not hi > lo or n < 3:
-        raise ValueError(f"need lo < hi and n >= 3, got lo={lo}, hi={hi}, n={n}")
+    lo, hi = V.real("lo", lo), V.real("hi", hi)
+    V.integer("n (the number of grid points)", n, 3)
+    V.function("energy", energy)
+    if not hi > lo:
+        raise ValueError(f"need lo < hi, got lo={lo}, hi={hi}")
     x = torch.linspace(lo, hi, n, dtype=dtype)
     logf = -energy(x)
     if logf.shape != x.shape:
@@ -239,8 +261,13 @@ def sample_1d(energy, n: int, lo: float = -8.0, hi: float = 8.0, n_grid: int = 2
     point set whose averages converge at rate 1/n instead of 1/sqrt(n). Used to check the
     Monte Carlo identities of Proposition 2 against quadrature.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    V.positive_int("n", n)
+    lo, hi = V.real("lo", lo), V.real("hi", hi)
+    if not hi > lo:
+        raise ValueError(f"need lo < hi, got lo={lo}, hi={hi}")
+    V.integer("n_grid", n_grid, 2)
+    V.boolean("stratified", stratified)
+    V.function("energy", energy)
     grid = torch.linspace(lo, hi, n_grid, dtype=dtype)
     logp = -energy(grid)
     p = torch.exp(logp - logp.max())
@@ -268,6 +295,7 @@ class ProductOfExperts(Energy):
         weights = [1.0] * len(experts) if weights is None else list(weights)
         if len(weights) != len(experts) or not experts:
             raise ValueError(f"need as many weights as experts (>= 1), got {len(weights)} for {len(experts)}")
+        weights = [V.real(f"weights[{i}]", w) for i, w in enumerate(weights)]
         for e, w in zip(experts, weights):
             if not isinstance(e, Energy):
                 raise TypeError(f"experts must be Energy modules, got {type(e).__name__}")

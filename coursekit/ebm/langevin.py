@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .. import _validate as V
 from ..flows import base as _base
 
 __all__ = ["energy_and_grad", "ula", "decoupled_langevin", "ula_stationary_variance", "step_sizes"]
@@ -49,6 +50,9 @@ def energy_and_grad(energy: Callable[[Tensor], Tensor], x: Tensor, create_graph:
     The samples are independent, so the gradient of ``U(x).sum()`` is the per-sample gradient.
     Only ``x`` is differentiated: the parameters' ``.grad`` are left untouched.
     """
+    V.boolean("create_graph", create_graph)
+    V.function("energy", energy)
+    V.tensor("x", x, finite=False)
     with torch.enable_grad():
         x = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
         u = energy(x)
@@ -61,14 +65,19 @@ def energy_and_grad(energy: Callable[[Tensor], Tensor], x: Tensor, create_graph:
 def step_sizes(gamma, n_steps: int) -> list[float]:
     """Expand ``gamma`` into ``n_steps`` step sizes: a number (constant), a sequence of
     ``n_steps`` numbers, or a callable ``k -> gamma_k``. All must be positive and finite."""
-    if not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
+    V.nonneg_int("n_steps", n_steps)
     if callable(gamma):
-        gammas = [float(gamma(k)) for k in range(n_steps)]
-    elif isinstance(gamma, (int, float)) or (isinstance(gamma, Tensor) and gamma.dim() == 0):
-        gammas = [float(gamma)] * n_steps
+        gammas = [V.real(f"gamma({k})", gamma(k)) for k in range(n_steps)]
+    elif isinstance(gamma, (int, float, bool, str)) or gamma is None or (isinstance(gamma, Tensor) and gamma.dim() == 0):
+        gammas = [V.positive_float("gamma (the step size)", gamma)] * n_steps
     else:
-        gammas = [float(g) for g in gamma]
+        try:
+            gammas = [V.real(f"gamma[{k}]", g) for k, g in enumerate(gamma)]
+        except TypeError as err:
+            if "object is not iterable" not in str(err):
+                raise
+            raise TypeError(f"gamma must be a number, a sequence of n_steps numbers or a function k -> gamma_k, "
+                            f"got {V.describe(gamma)}") from None
         if len(gammas) != n_steps:
             raise ValueError(f"a step-size schedule needs n_steps={n_steps} values, got {len(gammas)}")
     bad = [g for g in gammas if not (math.isfinite(g) and g > 0)]
@@ -77,14 +86,37 @@ def step_sizes(gamma, n_steps: int) -> list[float]:
     return gammas
 
 
-def _check_start(x0: Tensor) -> None:
+def _check_start(x0: Tensor, energy=None) -> None:
     if not isinstance(x0, Tensor) or not x0.is_floating_point():
         raise TypeError(f"x0 must be a floating-point tensor of shape (n, ...), got {type(x0).__name__}"
                         + (f" of dtype {x0.dtype}" if isinstance(x0, Tensor) else ""))
-    if x0.dim() < 1:
-        raise ValueError("x0 must have a batch dimension: shape (n, ...), one chain per row")
+    if not callable(energy):
+        raise TypeError(f"energy must be a function (e.g. an Energy module) mapping (n, ...) to (n,), got "
+                        f"{V.describe(energy)}")
+    event_shape = getattr(energy, "event_shape", None)
+    if x0.dim() < 2:
+        hint = f"(n, {', '.join(map(str, event_shape))})" if event_shape else "(n, p)"
+        raise ValueError(f"x0 has shape {tuple(x0.shape)}: it must be {hint}, one chain per row "
+                         f"(for scalar chains use x0.unsqueeze(-1))")
+    if event_shape is not None and tuple(x0.shape[1:]) != tuple(event_shape):
+        raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected (n, {', '.join(map(str, event_shape))}) "
+                         f"to match the energy's event shape")
+    if isinstance(energy, torch.nn.Module):
+        ref = V.reference(energy)
+        if ref is not None:
+            V.check_dtype_device("x0", x0, ref.dtype, ref.device)
     if not torch.isfinite(x0).all():
         raise ValueError("x0 contains NaN or infinite values; start the chains from finite points")
+
+
+def _check_generator(generator, x0: Tensor) -> None:
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {V.describe(generator)}")
+    if generator.device.type != x0.device.type:
+        raise ValueError(f"generator is on {generator.device} but x0 is on {x0.device}; "
+                         f"use torch.Generator(device='{x0.device}')")
 
 
 def _diverged(name: str, k: int, gamma: float, hint: str) -> FloatingPointError:
@@ -117,8 +149,11 @@ def ula(energy: Callable[[Tensor], Tensor], x0: Tensor, gamma: float | Sequence[
     theta: Algorithm 1 does not differentiate through the sampler). Raises
     ``FloatingPointError`` with advice if a chain reaches NaN or infinity.
     """
-    _check_start(x0)
+    _check_start(x0, energy)
     gammas = step_sizes(gamma, n_steps)
+    V.boolean("return_chain", return_chain)
+    V.nonneg_int("check_every", check_every)
+    _check_generator(generator, x0)
     x = x0.detach()
     chain = [x] if return_chain else None
     with _inputs_trusted():
@@ -151,11 +186,20 @@ def decoupled_langevin(energy: Callable[[Tensor], Tensor], x0: Tensor, step_size
     the state in a box (e.g. the pixel range) and ``grad_clip`` caps each gradient entry, two
     other common heuristics that also change the target.
     """
-    _check_start(x0)
-    if not (math.isfinite(step_size) and step_size > 0) or not (math.isfinite(noise_std) and noise_std >= 0):
-        raise ValueError(f"need step_size > 0 and noise_std >= 0, got {step_size!r}, {noise_std!r}")
-    if not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
+    _check_start(x0, energy)
+    step_size = V.positive_float("step_size", step_size)
+    noise_std = V.nonneg_float("noise_std", noise_std)
+    V.nonneg_int("n_steps", n_steps)
+    # a negative grad_clip clamps every gradient entry to one constant, an inverted box the state
+    grad_clip = V.optional(V.positive_float, "grad_clip", grad_clip)
+    if clamp is not None:
+        if isinstance(clamp, (str, bytes)) or not hasattr(clamp, "__len__") or len(clamp) != 2:
+            raise TypeError(f"clamp must be a pair (lo, hi) or None, got {V.describe(clamp)}")
+        clamp = (V.real("clamp[0]", clamp[0]), V.real("clamp[1]", clamp[1]))
+        if not clamp[0] < clamp[1]:
+            raise ValueError(f"clamp must be a box (lo, hi) with lo < hi, got {clamp}")
+    V.boolean("return_chain", return_chain)
+    _check_generator(generator, x0)
     x = x0.detach()
     chain = [x] if return_chain else None
     with _inputs_trusted():
@@ -185,8 +229,8 @@ def ula_stationary_variance(s2: float, gamma: float) -> float:
     (for gamma >= 2 s2 the chain has no stationary law: |1 - gamma/s2| >= 1). The bias
     v - s2 = gamma/2 + O(gamma^2) vanishes with the step, at rate gamma.
     """
-    if not (s2 > 0 and gamma > 0):
-        raise ValueError(f"need s2 > 0 and gamma > 0, got s2={s2}, gamma={gamma}")
+    s2 = V.positive_float("s2", s2)
+    gamma = V.positive_float("gamma", gamma)
     if gamma >= 2 * s2:
         raise ValueError(f"ULA on N(0, {s2}) has no stationary law for gamma={gamma} >= 2 s2 = {2 * s2}: it diverges")
     return s2 / (1 - gamma / (2 * s2))

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _validate as V
 from .energy import Energy
 from .train import EBMTrainingResult, train_ebm
 
@@ -103,12 +104,16 @@ class FilterBank(nn.Module):
         super().__init__()
         if filters is None:
             filters, names = default_filters()
+        if not isinstance(filters, Tensor):
+            raise TypeError(f"filters must be a tensor of shape (m, k, k), got {V.describe(filters)}")
+        if not torch.isfinite(filters).all():
+            raise ValueError("filters contain NaN or infinite values")
         filters = torch.as_tensor(filters, dtype=torch.get_default_dtype())
         if filters.dim() != 3 or filters.shape[1] != filters.shape[2] or filters.shape[1] % 2 == 0:
             raise ValueError(f"filters must have shape (m, k, k) with k odd, got {tuple(filters.shape)}")
         self.register_buffer("weight", filters.unsqueeze(1))
         self.names = names or [f"filter {j}" for j in range(filters.shape[0])]
-        self.eps = float(eps)
+        self.eps = V.positive_float("eps", eps)
 
     @property
     def n_features(self) -> int:
@@ -145,6 +150,10 @@ class MaxEntModel(Energy):
     """
 
     def __init__(self, x0: Tensor, features: FilterBank | None = None):
+        if isinstance(x0, Tensor) and not x0.is_floating_point():
+            raise TypeError(f"x0 must be a floating-point image, got dtype {x0.dtype}: call x0.float()")
+        if features is not None and not isinstance(features, FilterBank):
+            raise TypeError(f"features must be a FilterBank or None, got {V.describe(features)}")
         if not isinstance(x0, Tensor) or x0.dim() != 2:
             raise ValueError(f"x0 must be ONE grey image of shape (h, w), got "
                              f"{tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__}")
@@ -191,8 +200,7 @@ class MaxEntModel(Energy):
         quadratic part is at least ``min_curvature``. With the default bank the first filter is
         the pixel, whose power is 1 at every frequency, so this adds the same amount to every
         eigenvalue. In place; returns the increase of theta_1 (0 when nothing had to change)."""
-        if not min_curvature > 0:
-            raise ValueError(f"min_curvature must be positive, got {min_curvature!r}")
+        min_curvature = V.positive_float("min_curvature", min_curvature)
         floor = float(self.filter_power[0].min())
         if not floor > 1e-8:
             raise ValueError("make_proper_ raises the first filter's weight, so that filter must pass every "
@@ -227,6 +235,12 @@ def fit_maxent(x0: Tensor, *, n_iter: int, n_chains: int = 16, n_steps: int = 10
     model diverge). Returns the model and the training history; ``history.negatives`` are the
     last samples.
     """
+    V.positive_int("n_iter", n_iter)
+    V.positive_int("n_chains", n_chains)
+    V.nonneg_int("n_steps", n_steps)
+    V.positive_float("gamma", gamma)
+    V.positive_float("lr", lr)
+    V.optional(V.positive_float, "min_curvature", min_curvature)
     model = MaxEntModel(x0, features)
     # no momentum (beta1 = 0): the chains lag behind theta, and momentum makes theta overshoot
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.0, 0.999))
@@ -245,6 +259,12 @@ def photo_patch(name: str = "china.jpg", size: int = 32, top: int = 0, left: int
     """A grey ``size`` x ``size`` patch of one of scikit-learn's sample photographs (no download),
     standardised to mean 0 and variance 1 by default. Grey = ITU-R 601 luma of the RGB values."""
     from sklearn.datasets import load_sample_image
+
+    V.choice("name", name, ("china.jpg", "flower.jpg"))
+    V.positive_int("size", size)
+    V.nonneg_int("top", top)
+    V.nonneg_int("left", left)
+    V.boolean("standardise", standardise)
 
     img = np.asarray(load_sample_image(name), dtype=np.float64) / 255.0
     grey = img @ np.array([0.299, 0.587, 0.114])

@@ -37,7 +37,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..train import TrainingDiverged, guard, progress
+from .. import _validate as V
+from ..train import TrainingDiverged, TrainingGuard, guard, progress
 from .langevin import ula
 
 __all__ = ["ReplayBuffer", "contrastive_loss", "train_ebm", "EBMTrainingResult", "CHAINS"]
@@ -53,15 +54,18 @@ class ReplayBuffer:
     """
 
     def __init__(self, capacity: int | None = None):
-        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
-            raise ValueError(f"capacity must be a positive integer or None, got {capacity!r}")
-        self.capacity = capacity
+        self.capacity = V.optional(V.positive_int, "capacity", capacity)
         self.samples: Tensor | None = None
 
     def __len__(self) -> int:
         return 0 if self.samples is None else self.samples.shape[0]
 
     def push(self, x: Tensor) -> None:
+        V.tensor("x", x, min_dim=1, finite=False)
+        if self.samples is not None and (x.shape[1:] != self.samples.shape[1:] or x.dtype != self.samples.dtype
+                                         or x.device != self.samples.device):
+            raise ValueError(f"x has shape {tuple(x.shape)}, {x.dtype} on {x.device}, but the buffer holds samples of "
+                             f"shape {tuple(self.samples.shape[1:])}, {self.samples.dtype} on {self.samples.device}")
         x = x.detach()
         if self.capacity is None or self.samples is None:
             self.samples = x if self.capacity is None else x[-self.capacity:]
@@ -72,8 +76,9 @@ class ReplayBuffer:
                init_std: float = 1.0) -> Tensor:
         """n starting points i.i.d. from (1 - alpha) B + alpha N(0, init_std^2 I) (lines 5-9);
         from N(0, init_std^2 I) alone while B is empty (then ``like`` gives shape, dtype, device)."""
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"the restart probability alpha must be in [0, 1], got {alpha}")
+        V.positive_int("n", n)
+        V.in_range("alpha (the restart probability)", alpha, 0.0, 1.0)
+        init_std = V.positive_float("init_std", init_std)
         ref = self.samples if self.samples is not None else like
         if ref is None:
             raise ValueError("the buffer is empty: pass `like=` (a tensor of the sample shape) to draw N(0, I) starts")
@@ -97,8 +102,7 @@ def contrastive_loss(energy: Callable[[Tensor], Tensor], x_pos: Tensor, x_neg: T
     ``x_neg`` is detached: its gradient in theta is line 14 of Algorithm 1 (the sampler is not
     differentiated). Returns the loss and the batch's mean energies ``{"e_pos", "e_neg"}``.
     """
-    if reg < 0:
-        raise ValueError(f"reg must be >= 0, got {reg}")
+    reg = V.nonneg_float("reg", reg)
     e_pos = energy(x_pos)
     e_neg = energy(x_neg.detach())
     loss = e_pos.mean() - e_neg.mean()
@@ -116,6 +120,9 @@ class EBMTrainingResult:
     e_neg: list[float] = field(default_factory=list)
     negatives: Tensor | None = None
     buffer: ReplayBuffer | None = None
+    stopped_at: int | None = None  # set when training stopped early (see coursekit.train.TrainingGuard)
+    stop_reason: str | None = None
+    restored_step: int | None = None
 
     def __repr__(self) -> str:
         last = f", last loss {self.loss[-1]:.4g}" if self.loss else ""
@@ -141,32 +148,78 @@ def train_ebm(energy: torch.nn.Module, data: Tensor, *, n_iter: int, batch_size:
     plain step is ``optimizer=torch.optim.SGD(energy.parameters(), lr=delta)``.
 
     Stops with :class:`~coursekit.train.TrainingDiverged` (with advice) when the loss is NaN,
-    an energy exceeds ``max_energy`` in absolute value, or a chain diverges.
+    an energy exceeds ``max_energy`` in absolute value, a chain diverges or the parameters blow
+    up. After that, an error in ``sampler`` / ``after_step``, or Ctrl-C, the energy holds its last
+    checked parameters (kept every 25 iterations), in eval mode, and ``err.history`` is the
+    result so far (see :class:`~coursekit.train.TrainingGuard`). ``data`` must have the energy's
+    dtype and device.
     """
+    if not isinstance(energy, torch.nn.Module):
+        raise TypeError(f"energy must be an nn.Module (e.g. MLPEnergy), got {V.describe(energy)}")
     if chains not in CHAINS:
         raise ValueError(f"chains={chains!r} unknown; choose one of {', '.join(CHAINS)}")
     if not isinstance(data, Tensor) or data.dim() < 2 or data.shape[0] < 1:
         raise ValueError(f"data must be a tensor of shape (N, ...) with N >= 1, got "
                          f"{tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__}")
+    V.positive_int("n_iter", n_iter)
+    V.positive_int("batch_size", batch_size)
+    V.nonneg_int("n_steps", n_steps)
+    V.in_range("alpha (the restart probability)", alpha, 0.0, 1.0)
+    V.optional(V.positive_int, "buffer_size", buffer_size)
+    V.nonneg_float("reg", reg)
+    V.positive_float("lr", lr)
+    V.positive_float("init_std", init_std)
+    V.positive_float("max_energy", max_energy, allow_inf=True)
+    for name, f in (("sampler", sampler), ("after_step", after_step)):
+        if f is not None:
+            V.function(name, f)
+    if not isinstance(desc, str):
+        raise TypeError(f"desc must be a string (the progress bar's label), got {V.describe(desc)}")
+    params = list(energy.parameters())
+    if not params:
+        raise ValueError(f"{type(energy).__name__} has no parameters to train")
+    event_shape = getattr(energy, "event_shape", None)
+    if event_shape is not None and tuple(data.shape[1:]) != tuple(event_shape):
+        raise ValueError(f"data has shape {tuple(data.shape)}, expected (N, {', '.join(map(str, event_shape))}) "
+                         f"to match the energy's event shape")
+    # dtype and device where the data enter (int64 pixels used to fail deep inside the first layer)
+    V.check_dtype_device("data", data, params[0].dtype, params[0].device)
     if not torch.isfinite(data).all():
         raise ValueError("data contains NaN or infinite values; clean or standardise it first")
-    for name, v in (("n_iter", n_iter), ("batch_size", batch_size), ("n_steps", n_steps)):
-        if not isinstance(v, int) or v < (0 if name == "n_steps" else 1):
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    params = list(energy.parameters())
-    if params and data.device != params[0].device:
-        raise ValueError(f"data is on {data.device} but the energy's parameters are on {params[0].device}; "
-                         f"move one of them (e.g. data.to(next(energy.parameters()).device))")
-    if optimizer is None:
-        optimizer = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.999))
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None for Adam), got {V.describe(optimizer)}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {V.describe(generator)}")
+        if generator.device.type != data.device.type:
+            raise ValueError(f"generator is on {generator.device} but data is on {data.device}; "
+                             f"use torch.Generator(device='{data.device}')")
     run_chain = sampler or (lambda U, x0, K: ula(U, x0, gamma, K, generator=generator))
     advice = ("Lower the ULA step gamma or the learning rate, or raise the energy regularisation `reg` "
               "(it keeps energies near zero).")
     buffer = ReplayBuffer(buffer_size) if chains == "replay" else None
     persistent: Tensor | None = None
     result = EBMTrainingResult(buffer=buffer)
-    energy.train()
+    # the contrastive loss has no fixed scale (it is a difference of energies), so no rise rule:
+    # energies beyond max_energy, diverging chains and blown-up parameters are the signs here
+    with TrainingGuard(energy, result, "contrastive loss", advice, rule=False) as run:
+        if optimizer is None:
+            optimizer = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.999))
+        energy.train()
+        persistent = _loop(energy, data, n_iter, batch_size, n_steps, alpha, chains, reg, optimizer, init_std,
+                           max_energy, generator, run_chain, after_step, desc, advice, buffer, result, run)
+        run.step = n_iter
+        run.finish()
+    energy.eval()
+    result.negatives = persistent
+    return result
+
+
+def _loop(energy, data, n_iter, batch_size, n_steps, alpha, chains, reg, optimizer, init_std, max_energy, generator,
+          run_chain, after_step, desc, advice, buffer, result, run):
+    persistent = None
     for it in progress(range(n_iter), total=n_iter, desc=desc):
+        run.step = it
         idx = torch.randint(data.shape[0], (batch_size,), generator=generator, device=data.device)
         x_pos = data[idx]
         if chains == "replay":
@@ -183,6 +236,7 @@ def train_ebm(energy: torch.nn.Module, data: Tensor, *, n_iter: int, batch_size:
         result.loss.append(guard(loss, it, "contrastive loss", advice))
         result.e_pos.append(guard(stats["e_pos"], it, "mean data energy U(X+)", advice, limit=max_energy))
         result.e_neg.append(guard(stats["e_neg"], it, "mean sample energy U(X-)", advice, limit=max_energy))
+        run.observe(it, result.loss[-1])  # every 25 iterations: parameters checked and kept
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -190,7 +244,5 @@ def train_ebm(energy: torch.nn.Module, data: Tensor, *, n_iter: int, batch_size:
             after_step()
         if buffer is not None:
             buffer.push(x_neg)
-        persistent = x_neg
-    energy.eval()
-    result.negatives = persistent
-    return result
+        persistent = result.negatives = x_neg
+    return persistent

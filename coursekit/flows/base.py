@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, Uniform
 
+from .. import _validate as V
+
 __all__ = ["Bijection", "Compose", "Flow", "set_validation", "validation_enabled", "check_input"]
 
 _VALIDATE = True
@@ -39,8 +41,14 @@ def validation_enabled() -> bool:
     return _VALIDATE
 
 
-def check_input(t: Tensor, event_shape: tuple[int, ...], what: str, finite: bool = True) -> None:
-    """Raise a clear error unless ``t`` is a batch of events of shape ``event_shape``."""
+def check_input(t: Tensor, event_shape: tuple[int, ...], what: str, finite: bool = True,
+                like: Tensor | None = None) -> None:
+    """Raise a clear error unless ``t`` is a batch of events of shape ``event_shape``.
+
+    With ``like`` (a parameter of the module the input goes into), ``t`` must also have its
+    dtype and device; the message says what to call (``x.to(torch.float32)``). The dtype and
+    device are metadata: that part of the check never synchronises with the GPU.
+    """
     if not _VALIDATE:
         return
     if not isinstance(t, Tensor):
@@ -51,6 +59,10 @@ def check_input(t: Tensor, event_shape: tuple[int, ...], what: str, finite: bool
         if t.dim() == len(event_shape) and tuple(t.shape) == tuple(event_shape):
             hint = " A single point needs a batch dimension: use x.unsqueeze(0)."
         raise ValueError(f"{what} has shape {tuple(t.shape)}, expected {expected}.{hint}")
+    if like is not None:
+        V.check_dtype_device(what, t, like.dtype, like.device)
+    elif not (t.is_floating_point() or t.is_complex()):
+        raise TypeError(f"{what} has dtype {t.dtype}; it must be floating point: call x.float()")
     if finite and not torch.isfinite(t).all():
         n_bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{what} contains {n_bad} NaN or infinite value(s); flows need finite inputs.")
@@ -69,20 +81,21 @@ class Bijection(nn.Module):
         if event_shape is None:
             if dim is None:
                 raise ValueError("give the data dimension `dim` (or an `event_shape`)")
-            event_shape = (dim,)
-        self.event_shape = tuple(int(s) for s in event_shape)
-        if any(s < 1 for s in self.event_shape):
-            raise ValueError(f"event_shape must be positive, got {self.event_shape}")
+            self.event_shape = (V.positive_int("dim", dim),)
+        else:
+            self.event_shape = V.int_sequence("event_shape", event_shape, low=1, min_len=1)
         self.dim = math.prod(self.event_shape)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Sampling direction: ``x = T(z)`` and ``log|det J_T(z)|``."""
-        check_input(z, self.event_shape, f"{type(self).__name__}.forward input z")
+        if _VALIDATE:
+            check_input(z, self.event_shape, f"{type(self).__name__}.forward input z", like=V.reference(self))
         return self._forward(z)
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Density direction: ``z = T^{-1}(x)`` and ``log|det J_{T^{-1}}(x)|``."""
-        check_input(x, self.event_shape, f"{type(self).__name__}.inverse input x")
+        if _VALIDATE:
+            check_input(x, self.event_shape, f"{type(self).__name__}.inverse input x", like=V.reference(self))
         return self._inverse(x)
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
@@ -151,6 +164,7 @@ class Flow(nn.Module):
         if isinstance(base, str):
             if base not in ("normal", "uniform"):
                 raise ValueError(f"base={base!r}: expected 'normal', 'uniform' or a torch Distribution")
+            low, high = V.real("low", low), V.real("high", high)
             if base == "uniform" and not low < high:
                 raise ValueError(f"uniform base needs low < high, got low={low}, high={high}")
             self.base_name = base
@@ -195,8 +209,7 @@ class Flow(nn.Module):
     def rsample_and_log_prob(self, n: int) -> tuple[Tensor, Tensor]:
         """Samples and their log-density in one forward pass:
         log p_theta(T(z)) = log q_0(z) - log|det J_T(z)|."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"number of samples must be a positive integer, got {n!r}")
+        V.positive_int("n (the number of samples)", n)
         z = self.base.sample((n,))
         x, ld = self.transform.forward(z)
         return x, self.base.log_prob(z) - ld

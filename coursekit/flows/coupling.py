@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .. import _validate as V
 from .base import Bijection, Compose
 
 __all__ = [
@@ -52,8 +53,8 @@ def half_mask(dim: int, flip: bool = False) -> Tensor:
 
     ``flip=True`` swaps the roles, which is how consecutive layers alternate.
     """
-    if dim < 2:
-        raise ValueError(f"a coupling layer needs dim >= 2 to split the coordinates, got dim={dim}")
+    _split_dim(dim)
+    V.boolean("flip", flip)
     mask = torch.zeros(dim, dtype=torch.bool)
     mask[: dim // 2] = True
     return ~mask if flip else mask
@@ -64,9 +65,10 @@ def checkerboard_mask(shape: Sequence[int], parity: int = 0) -> Tensor:
 
     Pixel (i, j) conditions when ``(i + j) % 2 == parity`` (Real-NVP's spatial checkerboard).
     """
-    if len(shape) != 2 or min(shape) < 1 or shape[0] * shape[1] < 2:
+    shape = V.int_sequence("shape", shape, low=1)
+    if len(shape) != 2 or shape[0] * shape[1] < 2:
         raise ValueError(f"checkerboard_mask needs an image shape (h, w) with at least 2 pixels, got {tuple(shape)}")
-    if parity not in (0, 1):
+    if isinstance(parity, bool) or parity not in (0, 1):
         raise ValueError(f"parity must be 0 or 1, got {parity!r}")
     i = torch.arange(shape[0]).view(-1, 1)
     j = torch.arange(shape[1]).view(1, -1)
@@ -75,8 +77,9 @@ def checkerboard_mask(shape: Sequence[int], parity: int = 0) -> Tensor:
 
 def random_partition(dim: int, generator: torch.Generator | None = None) -> Tensor:
     """A random partition with ``dim // 2`` conditioning coordinates."""
-    if dim < 2:
-        raise ValueError(f"a coupling layer needs dim >= 2 to split the coordinates, got dim={dim}")
+    _split_dim(dim)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     perm = torch.randperm(dim, generator=generator)
     mask = torch.zeros(dim, dtype=torch.bool)
     mask[perm[: dim // 2]] = True
@@ -97,8 +100,9 @@ def alternating_masks(
     followed by its complement). Alternating complements guarantees that after two layers
     every coordinate has been transformed once.
     """
-    if n_layers < 1:
-        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    V.positive_int("n_layers", n_layers)
+    _split_dim(dim)
+    V.choice("kind", kind, ("half", "checkerboard", "random"))
     masks = []
     for k in range(n_layers):
         if k % 2 == 1:
@@ -114,6 +118,13 @@ def alternating_masks(
         else:
             raise ValueError(f"kind={kind!r}: expected 'half', 'checkerboard' or 'random'")
     return masks
+
+
+def _split_dim(dim) -> int:
+    V.positive_int("dim", dim)
+    if dim < 2:
+        raise ValueError(f"a coupling layer needs dim >= 2 to split the coordinates, got dim={dim}")
+    return dim
 
 
 # ----------------------------------------------------------------------------- conditioner
@@ -134,8 +145,13 @@ class MLP(nn.Sequential):
         activation: type[nn.Module] = nn.ReLU,
         zero_init: bool = True,
     ):
-        if n_in < 1 or n_out < 1:
-            raise ValueError(f"MLP needs positive sizes, got n_in={n_in}, n_out={n_out}")
+        V.positive_int("n_in", n_in)
+        V.positive_int("n_out", n_out)
+        # an empty or zero-width hidden layer would make the conditioner constant or linear in silence
+        hidden = V.int_sequence("hidden (the hidden layer widths)", hidden, low=1, min_len=1)
+        if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
+            raise TypeError(f"activation must be an nn.Module class such as nn.ReLU, got {V.describe(activation)}")
+        V.boolean("zero_init", zero_init)
         sizes = [n_in, *hidden, n_out]
         layers: list[nn.Module] = []
         for k in range(len(sizes) - 1):
@@ -155,7 +171,10 @@ class _Coupling(Bijection):
     """Split by ``mask``, transform the ``False`` part given the ``True`` part, merge back."""
 
     def __init__(self, dim: int, mask: Tensor | None, n_params: int, hidden: Sequence[int], zero_init: bool):
+        _split_dim(dim)
         super().__init__(dim)
+        if mask is not None and not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be a boolean tensor of {dim} entries (or None), got {V.describe(mask)}")
         mask = half_mask(dim) if mask is None else torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
         if mask.numel() != dim:
             raise ValueError(f"mask has {mask.numel()} entries, expected dim={dim}")
@@ -249,9 +268,8 @@ class AffineCoupling(_Coupling):
         clamp: float | None = 3.0,
     ):
         super().__init__(dim, mask, 2, hidden, zero_init)
-        if clamp is not None and not clamp > 0:
-            raise ValueError(f"clamp must be positive (or None for no clamp), got {clamp}")
-        self.clamp = clamp
+        # clamp=inf would compute inf * tanh(s / inf) = NaN
+        self.clamp = V.optional(V.positive_float, "clamp", clamp)
 
     def _params(self, a: Tensor) -> tuple[Tensor, Tensor]:
         s, m = self.net(a).chunk(2, dim=1)
@@ -307,6 +325,7 @@ class Rescale(Bijection):
 
 
 def _masks(dim, n_layers, masks, kind, shape):
+    V.positive_int("n_layers", n_layers)
     if masks is None:
         return alternating_masks(dim, n_layers, kind=kind, shape=shape)
     masks = list(masks)
@@ -332,6 +351,7 @@ def make_nice(
     Whole models are built by functions returning a :class:`Compose` of the layers (each layer
     class is covered by the generic map tests; a stack is their composition).
     """
+    V.boolean("rescale", rescale)
     layers: list[Bijection] = [
         AdditiveCoupling(dim, m, hidden, zero_init) for m in _masks(dim, n_layers, masks, kind, shape)
     ]

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .. import _validate as V
 from .base import Bijection, Compose
 from .coupling import AffineCoupling, half_mask
 
@@ -42,9 +43,10 @@ class _ChannelMap(Bijection):
             super().__init__(dim)
             self.pixels = 1
         else:
+            spatial = V.int_sequence("spatial", spatial, low=1)
             if len(spatial) != 2:
                 raise ValueError(f"spatial must be (H, W), got {tuple(spatial)}")
-            super().__init__(event_shape=(dim, *spatial))
+            super().__init__(event_shape=(V.positive_int("dim", dim), *spatial))
             self.pixels = int(spatial[0]) * int(spatial[1])
         self.channels = int(dim)
 
@@ -84,7 +86,7 @@ class ActNorm(_ChannelMap):
         self.loc = nn.Parameter(torch.zeros(dim))
         self.log_scale = nn.Parameter(torch.zeros(dim))
         self.register_buffer("initialized", torch.tensor(False))
-        self.eps = eps
+        self.eps = V.positive_float("eps", eps)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -209,8 +211,9 @@ class GlowStep(Compose):
         flip: bool = False,
         clamp: float | None = 3.0,
     ):
-        if permutation not in ("conv", "none"):
-            raise ValueError(f"permutation={permutation!r}: expected 'conv' or 'none'")
+        V.choice("permutation", permutation, ("conv", "none"))
+        V.boolean("lu", lu)
+        V.boolean("flip", flip)
         # sampling direction: coupling, then the 1x1 conv, then ActNorm (so the density direction
         # sees the data through ActNorm first, which is where it initialises)
         maps: list[Bijection] = [AffineCoupling(dim, half_mask(dim, flip), hidden, clamp=clamp)]
@@ -233,6 +236,5 @@ def make_glow(
     With ``permutation="none"`` the steps alternate the coupling partition instead, which is
     Real-NVP with ActNorm: the comparison isolates what the learned permutation buys.
     """
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    V.positive_int("n_steps", n_steps)
     return Compose(*[GlowStep(dim, hidden, lu, permutation, flip=bool(k % 2), clamp=clamp) for k in range(n_steps)])

@@ -36,6 +36,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .. import _validate as V
 from .base import Bijection, validation_enabled
 
 __all__ = ["Logit", "bits_per_dim", "discrete_nll", "uniform_dequantize"]
@@ -47,8 +48,10 @@ def uniform_dequantize(k: Tensor, levels: int, generator: torch.Generator | None
     ``k`` holds integer values (any dtype); the result is floating point (float32 for integer
     input). Raises if a value is not an integer in ``0..levels-1``.
     """
-    if not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2 (the number of pixel values), got {levels!r}")
+    V.integer("levels (the number of pixel values)", levels, 2)
+    V.tensor("k", k, min_dim=1, floating=False, finite=False)
+    if k.dtype == torch.bool or k.is_complex():
+        raise TypeError(f"k must hold integer pixel values, got dtype {k.dtype}")
     kf = k if torch.is_floating_point(k) else k.to(torch.get_default_dtype())
     if validation_enabled() and (
         not torch.isfinite(kf).all() or (kf != kf.round()).any() or kf.min() < 0 or kf.max() > levels - 1
@@ -84,9 +87,7 @@ class Logit(Bijection):
 
     def __init__(self, dim: int, alpha: float = 0.05):
         super().__init__(dim)
-        if not 0.0 <= alpha < 0.5:
-            raise ValueError(f"alpha must lie in [0, 0.5), got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = V.in_range("alpha", alpha, 0.0, 0.5, high_open=True)
 
     @classmethod
     def test_inputs(cls, n: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
@@ -132,8 +133,10 @@ def discrete_nll(
     and tighter as S grows; ``S = 1`` is the usual -log p_y(y) + p log K. See the module
     docstring for the derivation, and :func:`bits_per_dim` to convert.
     """
-    if not isinstance(n_draws, int) or n_draws < 1:
-        raise ValueError(f"n_draws must be a positive integer, got {n_draws!r}")
+    V.positive_int("n_draws", n_draws)
+    V.function("log_prob", log_prob, "a function of a batch (e.g. flow.log_prob)")
+    V.integer("levels (the number of pixel values)", levels, 2)
+    V.tensor("k", k, floating=False, finite=False)
     if k.dim() < 2:
         raise ValueError(f"k must be a batch of images (batch, ...), got shape {tuple(k.shape)}")
     p = k[0].numel()
@@ -144,6 +147,7 @@ def discrete_nll(
 
 def bits_per_dim(nll_nats: Tensor | float, dim: int) -> Tensor | float:
     """Convert an NLL per image in nats to bits per dimension: ``nll / (dim * log 2)``."""
-    if dim < 1:
-        raise ValueError(f"dim must be positive, got {dim}")
+    V.positive_int("dim", dim)
+    if not isinstance(nll_nats, Tensor):
+        V.real("nll_nats", nll_nats, allow_inf=True)
     return nll_nats / (dim * math.log(2.0))

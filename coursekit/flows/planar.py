@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _validate as V
 from .base import Bijection
 
 __all__ = ["Planar", "Radial"]  # solve_monotone is public but not a map, so not exported with the maps
@@ -22,6 +23,10 @@ __all__ = ["Planar", "Radial"]  # solve_monotone is public but not a map, so not
 def _tolerance(dtype: torch.dtype) -> float:
     # a few ulps: float32 residuals below ~1e-6 (relative) are noise, float64 can go to ~1e-13
     return 64 * torch.finfo(dtype).eps
+
+
+class NotConverged(ArithmeticError):
+    """An iterative inverse stopped without meeting its tolerance (see :func:`solve_monotone`)."""
 
 
 def solve_monotone(g, target: Tensor, lo: Tensor, hi: Tensor, tol: float | None = None, max_iter: int = 200) -> Tensor:
@@ -33,27 +38,57 @@ def solve_monotone(g, target: Tensor, lo: Tensor, hi: Tensor, tol: float | None 
     converges for every increasing ``g`` (quadratically near the root). All batch
     elements are solved at once; it stops when every residual satisfies
     ``|g(a) - target| <= tol * (1 + |target|)`` (default ``tol`` = 64 machine epsilons of the
-    dtype) or the bracket has collapsed.
+    dtype) or the bracket has collapsed to adjacent floating-point numbers.
 
     ``g(a)`` must return the pair ``(value, derivative)``. Runs without autograd; see
     :class:`Planar` for how gradients are recovered (one differentiable Newton step).
+
+    It never returns a wrong root silently: a ``ValueError`` when the bracket does not contain
+    the root (``g(lo) <= target <= g(hi)`` fails: a root outside it, or a decreasing ``g``), and
+    :class:`NotConverged` when ``max_iter`` iterations do not reach the tolerance. Midpoints are
+    computed as ``lo/2 + hi/2``, which cannot overflow near the largest float.
 
     >>> a = solve_monotone(lambda a: (a + a.tanh(), 2 - a.tanh() ** 2), torch.tensor([0.5, -3.0]),
     ...                    torch.tensor([-0.5, -4.0]), torch.tensor([1.5, -2.0]))
     >>> bool(torch.allclose(a + a.tanh(), torch.tensor([0.5, -3.0])))
     True
     """
-    tol = _tolerance(target.dtype) if tol is None else tol
+    if not callable(g):
+        raise TypeError(f"g must be a function a -> (g(a), g'(a)), got {type(g).__name__}")
+    for name, t in (("target", target), ("lo", lo), ("hi", hi)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got "
+                            f"{type(t).__name__ if not isinstance(t, Tensor) else t.dtype}")
+        if t.shape != target.shape or t.dtype != target.dtype or t.device != target.device:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, {t.dtype} on {t.device}; expected the target's "
+                             f"shape {tuple(target.shape)}, {target.dtype} on {target.device}")
+    max_iter = V.positive_int("max_iter", max_iter)
+    tol = _tolerance(target.dtype) if tol is None else V.positive_float("tol", tol)
     with torch.no_grad():
-        lo, hi = lo.clone(), hi.clone()
-        a = 0.5 * (lo + hi)
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all() and torch.isfinite(target).all()):
+            raise ValueError("solve_monotone needs finite target, lo and hi (an input overflowed the dtype?)")
+        if bool((lo > hi).any()):
+            raise ValueError("the bracket is empty: lo > hi for some elements")
         scale = 1 + target.abs()
+        r_lo, r_hi = g(lo)[0] - target, g(hi)[0] - target
+        slack = tol * scale
+        outside = ~((r_lo <= slack) & (r_hi >= -slack))
+        if bool(outside.any()):
+            i = int(outside.reshape(-1).nonzero()[0])
+            raise ValueError(
+                f"the root is not bracketed for {int(outside.sum())} element(s): g(lo) - target = "
+                f"{float(r_lo.reshape(-1)[i]):.3g} and g(hi) - target = {float(r_hi.reshape(-1)[i]):.3g} at element {i} "
+                f"(need g(lo) <= target <= g(hi) with g increasing); widen [lo, hi] or check that g increases")
+        lo, hi = lo.clone(), hi.clone()
+        a = 0.5 * lo + 0.5 * hi
         prev = torch.full_like(a, float("inf"))
+        converged = False
         for _ in range(max_iter):
             val, der = g(a)
             res = val - target
             done = res.abs() <= tol * scale
             if bool(done.all()):
+                converged = True
                 break
             # the root is left of a when g(a) > target (g increasing); a stays inside [lo, hi]
             hi = torch.where(res > 0, a, hi)
@@ -62,11 +97,19 @@ def solve_monotone(g, target: Tensor, lo: Tensor, hi: Tensor, tol: float | None 
             # Newton only when it stays in the bracket and the last step at least halved the
             # residual; otherwise bisect (Newton can cycle between the two flat arms of tanh)
             use_newton = (newton >= lo) & (newton <= hi) & (res.abs() <= 0.5 * prev)
-            a_new = torch.where(done, a, torch.where(use_newton, newton, 0.5 * (lo + hi)))
+            a_new = torch.where(done, a, torch.where(use_newton, newton, 0.5 * lo + 0.5 * hi))
             prev = res.abs()
-            if bool((a_new == a).all()):  # bracket collapsed to adjacent floats
+            if bool((a_new == a).all()):  # bracket collapsed to adjacent floats: as good as the dtype allows
+                converged = True
                 break
             a = a_new
+        if not converged:
+            val = g(a)[0]
+            if not bool(((val - target).abs() <= tol * scale).all()):
+                worst = float(((val - target).abs() / scale).max())
+                raise NotConverged(
+                    f"solve_monotone did not converge in max_iter={max_iter} iterations (largest relative "
+                    f"residual {worst:.3g}, tolerance {tol:.3g}); raise max_iter or loosen tol")
     return a
 
 
@@ -103,9 +146,7 @@ class Planar(Bijection):
 
     def __init__(self, dim: int, init_scale: float | None = None):
         super().__init__(dim)
-        if len(self.event_shape) != 1:
-            raise ValueError("Planar acts on vectors: give an integer dim")
-        s = 1.0 / math.sqrt(dim) if init_scale is None else float(init_scale)
+        s = 1.0 / math.sqrt(dim) if init_scale is None else V.nonneg_float("init_scale", init_scale)
         self.w = nn.Parameter(torch.empty(dim).uniform_(-s, s))
         self.u = nn.Parameter(torch.empty(dim).uniform_(-s, s))
         self.b = nn.Parameter(torch.zeros(()))
@@ -129,6 +170,10 @@ class Planar(Bijection):
         u = self.u_hat()
         s = self.w @ u  # > -1
         c = x @ self.w + self.b
+        if not bool(torch.isfinite(c.detach()).all()):
+            raise ValueError(
+                f"Planar.inverse: w^T x + b overflows {x.dtype} for inputs this large (|x| up to {float(x.abs().max()):.3g}); "
+                "use float64 (flow.double()) or standardise the data")
 
         def g(a):
             t = torch.tanh(a)
@@ -175,8 +220,6 @@ class Radial(Bijection):
 
     def __init__(self, dim: int):
         super().__init__(dim)
-        if len(self.event_shape) != 1:
-            raise ValueError("Radial acts on vectors: give an integer dim")
         self.z0 = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
         self.alpha_raw = nn.Parameter(torch.empty(()).uniform_(-0.5, 0.5))
         self.beta_raw = nn.Parameter(torch.empty(()).uniform_(-0.5, 0.5))
