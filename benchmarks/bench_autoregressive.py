@@ -14,6 +14,11 @@ standard Gaussian base. (nflows' ``MaskedAutoregressiveFlow`` with ``num_blocks_
 and no residual blocks has two hidden layers too; normflows' ``MaskedAffineAutoregressive``
 wraps the same nflows MADE; the libraries differ in order handling between layers.) Figures
 are the median over ``--repeats`` timed runs after a warm-up; the GPU is synchronised when used.
+
+``--sampling`` instead compares the cost of sampling as ``p`` grows (``--dims``, default 8,32,64):
+coursekit's MAF with the naive solver (``p`` full MADE passes per layer, what every library does),
+with the incremental solver (the default: ``p`` small steps, one pass of arithmetic in all),
+coursekit's IAF of the same size (one pass per layer), and zuko's MAF when zuko is importable.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's coursekit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import throughput  # noqa: E402
+from _common import throughput, timed  # noqa: E402
 
 
 def build_coursekit(p, layers, hidden):
@@ -75,6 +80,60 @@ def bench(name, args, device):
     return throughput(model, log_prob, sample, x, args.steps, args.repeats)
 
 
+def _sampler_coursekit(p, layers, hidden, kind):
+    from coursekit.flows import MAF, iaf_flow, maf_flow, set_validation
+
+    set_validation(False)
+    if kind == "iaf":
+        return iaf_flow(p, n_layers=layers, hidden=(hidden, hidden)).sample
+    flow = maf_flow(p, n_layers=layers, hidden=(hidden, hidden))
+    for m in flow.modules():
+        if isinstance(m, MAF):
+            m.naive = kind == "naive"
+    return flow.sample
+
+
+def _sampler_zuko(p, layers, hidden):
+    import zuko
+
+    flow = zuko.flows.MAF(features=p, transforms=layers, hidden_features=(hidden, hidden))
+    return lambda n: flow().sample((n,))
+
+
+SAMPLERS = {
+    "MAF naive (p passes)": lambda p, l, h: _sampler_coursekit(p, l, h, "naive"),
+    "MAF incremental": lambda p, l, h: _sampler_coursekit(p, l, h, "incremental"),
+    "IAF (1 pass)": lambda p, l, h: _sampler_coursekit(p, l, h, "iaf"),
+    "zuko MAF": _sampler_zuko,
+}
+
+
+def bench_sampling(args, device):
+    """Samples per second of each sampler for every p in ``args.dims``; a table and the ratios."""
+    dims = [int(d) for d in args.dims.split(",")]
+    rates = {name: {} for name in SAMPLERS}
+    for p in dims:
+        for name, build in SAMPLERS.items():
+            torch.manual_seed(0)
+            try:
+                sample = build(p, args.layers, args.hidden)
+            except ImportError:
+                continue
+            with torch.no_grad():
+                rates[name][p] = args.batch / timed(lambda: sample(args.batch), device, args.repeats)
+    print(f"{'samples / s':<22}" + "".join(f"{f'p = {p}':>12}" for p in dims))
+    for name, row in rates.items():
+        if row:
+            print(f"{name:<22}" + "".join(f"{row[p]:>12,.0f}" for p in dims))
+    naive, inc, iaf, zuko = (rates[k] for k in SAMPLERS)
+    for p in dims:
+        text = f"p = {p}: IAF / incremental MAF {iaf[p] / inc[p]:.1f}x, incremental / naive MAF {inc[p] / naive[p]:.1f}x"
+        if zuko:
+            text += f", incremental MAF / zuko MAF {inc[p] / zuko[p]:.1f}x"
+        print(text)
+    return rates
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dim", type=int, default=8)
@@ -86,9 +145,17 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--libs", default=",".join(BUILDERS))
+    ap.add_argument("--sampling", action="store_true", help="compare the samplers as p grows instead")
+    ap.add_argument("--dims", default="8,32,64", help="the values of p for --sampling")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.sampling:
+        print(
+            f"sampling, {args.layers} layers, MADE hidden=({args.hidden}, {args.hidden}), batch {args.batch}, "
+            f"torch {torch.__version__}, {device}, {args.threads} thread(s)"
+        )
+        return bench_sampling(args, device)
     print(
         f"MAF, p={args.dim}, {args.layers} layers, MADE hidden=({args.hidden}, {args.hidden}), batch {args.batch}, "
         f"torch {torch.__version__}, {device}, {args.threads} thread(s)"

@@ -141,6 +141,7 @@ def test_gaussian_ar_sampler_density_and_flow_view_agree():
     z = torch.randn(7, 3, dtype=torch.float64)
     x = model.sample(7, z=z)
     torch.testing.assert_close(x, model.transform(z)[0])  # sequential sampler == MAF forward
+    torch.testing.assert_close(model.sample(7, z=z, naive=True), x, atol=1e-12, rtol=1e-12)  # the slides' loop
     torch.testing.assert_close(model.log_prob(x), AutoregressiveFlow.log_prob(model, x))
     m, alpha = model.conditionals(x)
     assert torch.allclose(m[:, 2], m[0, 2]) and torch.allclose(alpha[:, 2], alpha[0, 2])  # x_3 comes first
@@ -218,3 +219,62 @@ def test_constructible_from_dim(cls):
     obj = cls(4)
     assert obj.dim == 4
     assert math.prod(obj.event_shape) == 4
+
+
+def _sequential_directions():
+    """(name, layer, direction) for every p-step direction, the layers far from the identity."""
+    torch.manual_seed(3)
+    iaf = IAF(6, hidden=(16, 12), order="random", seed=5)
+    return [
+        ("MAF forward", MAF(6, hidden=(16, 12), order="random", seed=1), "forward"),
+        ("IAF inverse", iaf, "inverse"),
+        ("MAF.from_iaf forward", MAF.from_iaf(iaf), "forward"),
+        ("SigmoidAR-x forward", SigmoidAR(6, hidden=(12,), order="reversed"), "forward"),
+        ("SigmoidAR-z inverse", SigmoidAR(6, hidden=(12,), condition_on="z", order="random", seed=2), "inverse"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5), ids=[c[0] for c in _sequential_directions()])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_incremental_sequential_direction_matches_naive(case, batch):
+    _, layer, direction = _sequential_directions()[case]
+    layer = _randomise(layer).double()
+    v = torch.randn(batch, 6, dtype=torch.float64)
+    with torch.no_grad():
+        out, ld = getattr(layer, direction)(v)
+        layer.naive = True
+        before = count_passes(layer)
+        out_ref, ld_ref = getattr(layer, direction)(v)
+        assert count_passes(layer) - before == 6  # the reference makes p full passes
+        layer.naive = False
+        before = count_passes(layer)
+        getattr(layer, direction)(v)
+        assert count_passes(layer) - before == 6  # p sequential rounds, one pass of arithmetic
+    torch.testing.assert_close(out, out_ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(ld, ld_ref, atol=1e-12, rtol=1e-12)
+    # differentiable: the same gradients as through the p-pass reference
+    grads = []
+    for naive in (True, False):
+        layer.naive = naive
+        x, ld = getattr(layer, direction)(v)
+        grads.append(torch.autograd.grad((x**2).sum() + ld.sum(), list(layer.parameters())))
+    for g_ref, g in zip(*grads):
+        torch.testing.assert_close(g, g_ref, atol=1e-10, rtol=1e-10)
+    assert "naive=True" not in repr(layer)
+    layer.naive = True
+    assert "naive=True" in repr(layer)
+
+
+def test_incremental_maf_sampling_float32_and_flow_sample():
+    torch.manual_seed(0)
+    flow = maf_flow(12, n_layers=3, hidden=(24, 24))  # default initialisation: float32 errors stay small
+    z = torch.randn(64, 12)
+    with torch.no_grad():
+        x, ld = flow.transform(z)
+        for m in flow.modules():
+            if isinstance(m, MAF):
+                m.naive = True
+        x_ref, ld_ref = flow.transform(z)
+    torch.testing.assert_close(x, x_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ld, ld_ref, atol=1e-4, rtol=1e-4)
+    assert MAF(3, naive=True).naive and IAF.from_maf(MAF(3, naive=True)).naive

@@ -87,3 +87,87 @@ def test_repr_shows_order_and_sizes():
 def test_bad_settings_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MADE(**kwargs)
+
+
+def _affine(raw, t):
+    # a MAF-like elementwise update, x_i = exp(alpha_i) t_i + m_i with a soft clamp
+    return torch.exp(2 * torch.tanh(raw[-1] / 2)) * t + raw[0]
+
+
+def _random_made(dim, hidden, n_params, order, activation=torch.nn.ReLU, dtype=torch.float64):
+    torch.manual_seed(dim)
+    net = MADE(dim, hidden=hidden, n_params=n_params, order=order, activation=activation, seed=4).to(dtype)
+    with torch.no_grad():
+        for q in net.parameters():
+            q.normal_(0, 0.5)
+    return net
+
+
+SOLVE_CASES = [
+    (1, (4,), 2, "natural", torch.nn.ReLU),
+    (2, (3,), 2, "reversed", torch.nn.Tanh),
+    (5, (4, 7), 3, "random", torch.nn.ELU),
+    (7, (6,), 1, [3, 1, 0, 6, 5, 2, 4], torch.nn.ReLU),
+    (16, (40, 33, 20), 2, "random", torch.nn.Tanh),
+    (32, (64, 64), 2, "natural", torch.nn.ReLU),
+]
+
+
+@pytest.mark.parametrize("dim, hidden, n_params, order, activation", SOLVE_CASES)
+@pytest.mark.parametrize("batch", [1, 9])
+def test_incremental_solve_matches_the_naive_p_pass_solver(dim, hidden, n_params, order, activation, batch):
+    net = _random_made(dim, hidden, n_params, order, activation)
+    z = torch.randn(batch, dim, dtype=torch.float64)
+    with torch.no_grad():
+        x_ref, out_ref = net.solve(_affine, z, naive=True)
+        x, out = net.solve(_affine, z)  # the in-place steps
+    torch.testing.assert_close(x, x_ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(out, out_ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(out, net(x), atol=1e-12, rtol=1e-12)  # the outputs at the solution
+    # the solution solves the fixed-point equation
+    torch.testing.assert_close(_affine(net(x).movedim(-2, 0), z), x, atol=1e-12, rtol=1e-12)
+    x_grad, out_grad = net.solve(_affine, z)  # with autograd on: the out-of-place steps
+    assert x_grad.requires_grad
+    torch.testing.assert_close(x_grad, x_ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(out_grad, out_ref, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dim, hidden, n_params, order, activation", SOLVE_CASES[2:])
+def test_incremental_solve_float32_and_gradients(dim, hidden, n_params, order, activation):
+    net = _random_made(dim, hidden, n_params, order, activation, dtype=torch.float32)
+    z = torch.randn(6, dim)
+    with torch.no_grad():
+        x_ref, _ = net.solve(_affine, z, naive=True)
+        x, _ = net.solve(_affine, z)
+    torch.testing.assert_close(x, x_ref, atol=1e-4, rtol=1e-4)
+    # gradients through the incremental steps equal those through the p-pass reference (float64)
+    net = net.double()
+    z = z.double().requires_grad_()
+    grads = []
+    for naive in (True, False):
+        x, out = net.solve(_affine, z, naive=naive)
+        loss = (x**2).sum() + out.sum()
+        grads.append(torch.autograd.grad(loss, [z, *net.parameters()]))
+    for g_ref, g in zip(*grads):
+        torch.testing.assert_close(g, g_ref, atol=1e-10, rtol=1e-10)
+
+
+def test_incremental_solve_makes_one_pass_of_multiply_adds():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = _random_made(16, (32, 32), 2, "random", dtype=torch.float32)
+    z = torch.randn(64, 16)
+    counts = {}
+    with torch.no_grad():
+        for name, fn in {"pass": lambda: net(z), "incremental": lambda: net.solve(_affine, z),
+                         "naive": lambda: net.solve(_affine, z, naive=True)}.items():
+            with FlopCounterMode(display=False) as fc:
+                fn()
+            counts[name] = fc.get_total_flops()
+    assert counts["incremental"] == counts["pass"]
+    assert counts["naive"] == 16 * counts["pass"]
+
+
+def test_solve_rejects_a_wrong_target():
+    with pytest.raises(ValueError, match="target must have shape"):
+        MADE(3, hidden=(4,)).solve(_affine, torch.zeros(2, 4))

@@ -10,9 +10,16 @@ reads decides which direction costs one pass and which costs ``p``:
 =============  ==================  ==========================  ==========================
 map            network reads       forward  z -> x (sample)    inverse  x -> z (density)
 =============  ==================  ==========================  ==========================
-:class:`MAF`   the output ``x``    ``p`` passes (sequential)   1 pass (parallel)
-:class:`IAF`   the input ``z``     1 pass (parallel)           ``p`` passes (sequential)
+:class:`MAF`   the output ``x``    ``p`` steps (sequential)    1 pass (parallel)
+:class:`IAF`   the input ``z``     1 pass (parallel)           ``p`` steps (sequential)
 =============  ==================  ==========================  ==========================
+
+The sequential directions take ``p`` steps, but not ``p`` passes of arithmetic: they run
+:meth:`coursekit.made.MADE.solve`, which computes at step ``i`` only the hidden units that
+``u_{1:i}`` has just made final and the outputs of coordinate ``i + 1``, so that the ``p`` steps
+together cost one pass of multiply-adds. ``naive=True`` (an argument of every layer, and an
+attribute one can set later) keeps the textbook solver, ``p`` full passes, as the reference.
+``count_passes`` counts sequential rounds through the network (``p`` for both solvers).
 
 Scale parametrisation (stable): the network's raw output ``a_i`` is softly clamped,
 ``alpha_i = B tanh(a_i / B)`` with ``B = bound`` (default 5), so every scale ``exp(alpha_i)``
@@ -77,10 +84,14 @@ class AffineConditioner(nn.Module):
     def order(self) -> Tensor:
         return self.made.order
 
+    def params(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """``(m, alpha)`` from raw MADE outputs stacked on the first axis (elementwise)."""
+        m, a = raw
+        return m, self.bound * torch.tanh(a / self.bound)
+
     def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
         self.passes += 1
-        m, a = self.made(u).unbind(-2)
-        return m, self.bound * torch.tanh(a / self.bound)
+        return self.params(self.made(u).movedim(-2, 0))
 
     def extra_repr(self) -> str:
         return f"alpha = {self.bound:g} tanh(a / {self.bound:g})"
@@ -98,14 +109,31 @@ class _InvertedAffine(nn.Module):
     def order(self) -> Tensor:
         return self.inner.order
 
-    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        m, alpha = self.inner(u)
+    @property
+    def made(self) -> MADE:
+        return self.inner.made
+
+    @staticmethod
+    def _flip(m: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
         return -m * torch.exp(-alpha), -alpha
+
+    def params(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        return self._flip(*self.inner.params(raw))
+
+    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        return self._flip(*self.inner(u))
 
 
 def _inverted(conditioner: nn.Module) -> nn.Module:
     # Inverting twice gives back the original network (no wrapper chains).
     return conditioner.inner if isinstance(conditioner, _InvertedAffine) else _InvertedAffine(conditioner)
+
+
+def _counter(conditioner: nn.Module) -> nn.Module:
+    # the module that counts the passes of a (possibly inverted) conditioner
+    while isinstance(conditioner, _InvertedAffine):
+        conditioner = conditioner.inner
+    return conditioner
 
 
 class _Autoregressive(Bijection):
@@ -120,29 +148,40 @@ class _Autoregressive(Bijection):
         activation: type[nn.Module] = nn.ReLU,
         seed: int | None = None,
         conditioner: nn.Module | None = None,
+        naive: bool = False,
     ):
         super().__init__(dim)
         self.conditioner = (
             conditioner if conditioner is not None else AffineConditioner(dim, hidden, order, bound, activation, seed)
         )
+        self.naive = bool(naive)
 
     @property
     def order(self) -> Tensor:
         return self.conditioner.order
 
-    def _solve(self, target: Tensor, step) -> tuple[Tensor, Tensor]:
-        """Fixed point of ``u = step(u)`` for an autoregressive ``step``: after pass ``k`` the first
-        ``k`` coordinates in the order are exact (their parameters only read exact coordinates),
-        so ``dim`` passes give the solution. Sequential by nature: this is the O(p) direction."""
+    def _solve(self, target: Tensor, update) -> tuple[Tensor, Tensor, Tensor]:
+        """``u`` with ``u_i = update(m_i(u_{<i}), alpha_i(u_{<i}), target_i)`` for every ``i``, and the
+        parameters ``(m, alpha)`` at the solution. Sequential by nature: ``dim`` steps. By default the
+        incremental solver of :meth:`MADE.solve` (one pass of arithmetic in all); with ``naive=True``,
+        or a conditioner without a MADE, ``dim`` full passes (after pass ``k`` the first ``k``
+        coordinates in the order are exact, their parameters reading only exact coordinates)."""
+        cond = self.conditioner
+        if not self.naive and hasattr(cond, "params") and isinstance(getattr(cond, "made", None), MADE):
+            counter = _counter(cond)
+            counter.passes += self.dim  # p sequential rounds, each through a slice of the network
+            u, raw = cond.made.solve(lambda r, t: update(*cond.params(r), t), target)
+            return (u, *cond.params(raw.movedim(-2, 0)))
         u = torch.zeros_like(target)
         for _ in range(self.dim):
-            u, ld = step(u)
-        return u, ld
+            m, alpha = cond(u)
+            u = update(m, alpha, target)
+        return u, m, alpha
 
     def extra_repr(self) -> str:
         order = self.order.tolist()
         shown = order if len(order) <= 10 else order[:5] + ["..."] + order[-2:]
-        return f"dim={self.dim}, order={shown}"
+        return f"dim={self.dim}, order={shown}" + (", naive=True" if self.naive else "")
 
 
 class MAF(_Autoregressive):
@@ -167,11 +206,8 @@ class MAF(_Autoregressive):
     """
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        def step(x):
-            m, alpha = self.conditioner(x)
-            return torch.exp(alpha) * z + m, alpha.sum(-1)
-
-        return self._solve(z, step)
+        x, _, alpha = self._solve(z, lambda m, alpha, z_i: torch.exp(alpha) * z_i + m)
+        return x, alpha.sum(-1)
 
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         m, alpha = self.conditioner(x)
@@ -183,7 +219,7 @@ class MAF(_Autoregressive):
         fast forward (the slides' "IAF is the inverse of MAF", read the other way round)."""
         if not isinstance(iaf, IAF):
             raise TypeError(f"expected an IAF, got {type(iaf).__name__}")
-        return cls(iaf.dim, conditioner=_inverted(iaf.conditioner))
+        return cls(iaf.dim, conditioner=_inverted(iaf.conditioner), naive=iaf.naive)
 
 
 class IAF(_Autoregressive):
@@ -213,11 +249,8 @@ class IAF(_Autoregressive):
         return torch.exp(alpha) * z + m, alpha.sum(-1)
 
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        def step(z):
-            m, alpha = self.conditioner(z)
-            return (x - m) * torch.exp(-alpha), -alpha.sum(-1)
-
-        return self._solve(x, step)
+        z, _, alpha = self._solve(x, lambda m, alpha, x_i: (x_i - m) * torch.exp(-alpha))
+        return z, -alpha.sum(-1)
 
     @classmethod
     def from_maf(cls, maf: MAF) -> IAF:
@@ -229,7 +262,7 @@ class IAF(_Autoregressive):
         """
         if not isinstance(maf, MAF):
             raise TypeError(f"expected a MAF, got {type(maf).__name__}")
-        return cls(maf.dim, conditioner=_inverted(maf.conditioner))
+        return cls(maf.dim, conditioner=_inverted(maf.conditioner), naive=maf.naive)
 
 
 class SigmoidAR(_Autoregressive):
@@ -263,6 +296,7 @@ class SigmoidAR(_Autoregressive):
         gate_bias: float = 1.0,
         activation: type[nn.Module] = nn.ReLU,
         seed: int | None = None,
+        naive: bool = False,
     ):
         if condition_on not in ("x", "z"):
             raise ValueError(
@@ -275,6 +309,7 @@ class SigmoidAR(_Autoregressive):
             activation=activation,
             seed=seed,
             conditioner=_GateConditioner(dim, hidden, order, activation, seed),
+            naive=naive,
         )
         self.condition_on = condition_on
         self.gate_bias = float(gate_bias)
@@ -283,20 +318,28 @@ class SigmoidAR(_Autoregressive):
         m, a = self.conditioner(u)
         return m, F.logsigmoid(a + self.gate_bias)
 
-    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        def apply(u):
-            m, log_s = self._gate(u)
-            s = torch.exp(log_s)
-            return s * z + (1 - s) * m, log_s.sum(-1)
+    def _mix(self, m: Tensor, a: Tensor, z: Tensor) -> Tensor:
+        s = torch.sigmoid(a + self.gate_bias)
+        return s * z + (1 - s) * m
 
-        return apply(z) if self.condition_on == "z" else self._solve(z, apply)
+    def _unmix(self, m: Tensor, a: Tensor, x: Tensor) -> Tensor:
+        return (x - m) * torch.exp(-F.logsigmoid(a + self.gate_bias)) + m
+
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if self.condition_on == "z":
+            m, a = self.conditioner(z)
+            x = self._mix(m, a, z)
+        else:  # p sequential steps
+            x, m, a = self._solve(z, self._mix)
+        return x, F.logsigmoid(a + self.gate_bias).sum(-1)
 
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        def apply(u):
-            m, log_s = self._gate(u)
-            return (x - m) * torch.exp(-log_s) + m, -log_s.sum(-1)
-
-        return apply(x) if self.condition_on == "x" else self._solve(x, apply)
+        if self.condition_on == "x":
+            m, a = self.conditioner(x)
+            z = self._unmix(m, a, x)
+        else:  # p sequential steps
+            z, m, a = self._solve(x, self._unmix)
+        return z, -F.logsigmoid(a + self.gate_bias).sum(-1)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, condition_on={self.condition_on!r}, gate_bias={self.gate_bias:g}"
@@ -308,9 +351,8 @@ class _GateConditioner(AffineConditioner):
     def __init__(self, dim, hidden, order, activation, seed):
         super().__init__(dim, hidden, order, 1.0, activation, seed)
 
-    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        self.passes += 1
-        m, a = self.made(u).unbind(-2)
+    def params(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        m, a = raw
         return m, a
 
     def extra_repr(self) -> str:
@@ -421,14 +463,20 @@ class GaussianAR(Flow):
         m, alpha = self.conditionals(x)
         return torch.distributions.Normal(m, torch.exp(alpha)).log_prob(x).sum(-1)
 
-    def sample(self, n: int, z: Tensor | None = None) -> Tensor:
-        """``x_i = exp(alpha_i(x_{<i})) z_i + m_i(x_{<i})``, coordinate by coordinate in ``order``."""
+    def sample(self, n: int, z: Tensor | None = None, naive: bool = False) -> Tensor:
+        """``x_i = exp(alpha_i(x_{<i})) z_i + m_i(x_{<i})``, coordinate by coordinate in ``order``.
+
+        ``naive=True`` is the slides' loop, one full network pass per coordinate; the default
+        computes at each step only what the new coordinate makes computable (:meth:`MADE.solve`),
+        one pass of arithmetic in all. Both give the same samples for the same noise ``z``."""
         if z is None:
             if not isinstance(n, int) or n < 1:
                 raise ValueError(f"number of samples must be a positive integer, got {n!r}")
             z = self.base.sample((n,))
         check_input(z, self.event_shape, "GaussianAR noise z")
         with torch.no_grad():
+            if not naive:
+                return self.transform._forward(z)[0]
             x = torch.zeros_like(z)
             for i in self.order.tolist():  # sequential by nature
                 m, alpha = self.transform.conditioner(x)
