@@ -78,6 +78,10 @@ class Exercise:
         """Run the check and return its :class:`Verdict`. Never raises for a wrong answer."""
         if answer is Ellipsis or answer is None:
             return Verdict(False, "not answered yet: replace the `...` with your answer.", "blank")
+        module = getattr(answer, "__module__", None) or ""
+        if callable(answer) and (module == "coursekit" or module.startswith("coursekit.")):
+            return Verdict(False, f"your answer is coursekit's own {module}.{getattr(answer, '__qualname__', '')}: "
+                           "it earns no points. Write the function yourself", "delegation")
         token = _CURRENT.set(self)
         try:
             self.fn(answer)

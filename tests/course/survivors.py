@@ -7,4 +7,52 @@ the reason. tests/course/test_exercises.py fails on a survivor missing here and 
 """
 
 SURVIVORS: dict[str, dict[str, str]] = {
+    "6.1": {
+        "returned `-mean` flattened":
+            "the estimate is already one-dimensional, of shape (d,): reshape(-1) is the identity",
+    },
+    "7.3": {
+        "line 8: `torch.log(u) < log_alpha` -> `torch.log(u) <= log_alpha` (comparison)":
+            "log u = log alpha has probability zero for a continuous uniform u: both rules accept with probability alpha",
+        "line 7: `u_x - u_y` -> `u_x.sub_(u_y)` (in place)":
+            "u_x is the answer's own local tensor (from energy_and_grad), used once: changing it in place changes nothing",
+        "returned `x_next` detached":
+            "a sampler's states are samples, not functions of theta: the exercise's contract asks for no gradient",
+        "returned `log_alpha` detached":
+            "log alpha only decides acceptance; the exercise's contract asks for no gradient through it",
+        "returned `log_alpha` flattened":
+            "log alpha already has shape (n,): reshape(-1) is the identity",
+    },
+    "2.1": {
+        "line 4: `x - mean` -> `mean - x` (swap operands)":
+            "the covariance is quadratic in the centred data: (-c)^T (-c) = c^T c, exactly",
+        "line 5: `centred` -> `x` (centred -> x)":
+            "x^T c = c^T c + m (1^T c) and the centred rows sum to zero: the same matrix up to rounding",
+        "line 5: `centred` -> `x` (centred -> x) #2":
+            "c^T x = c^T c + (c^T 1) m^T and the centred rows sum to zero: the same matrix up to rounding",
+        "line 5: `x` -> `centred` (x -> centred)":
+            "only the number of rows is read (`.shape[0]`), and centred has the rows of x",
+        "returned `mean` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
+    "2.2": {
+        "returned `new_m` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+        "returned `new_s` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
+    "2.3": {
+        "line 3: `samples.unsqueeze(-2) - train` -> `train - samples.unsqueeze(-2)` (swap operands)":
+            "only the squares of the differences are used: (t - s)^2 = (s - t)^2, exactly",
+        "returned `d` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
+    "3.2": {
+        "returned `base.log_prob(z) + log_det_inv` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
+    "3.3": {
+        "line 6: `total + log_det` -> `total.add_(log_det)` (in place)":
+            "total is the function's own accumulator (x.new_zeros), not an input: adding in place is the same sum",
+        "returned `base.log_prob(x) + total` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
+    "3.4": {
+        "line 4: `u @ w` -> `w @ u` (swap operands)": "the dot product is symmetric: u^T w = w^T u, exactly",
+        "returned `torch.log(torch.abs(1 + (1 - torch.tanh(a) ** 2…` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
 }

@@ -62,9 +62,10 @@ def _snapshot(value: Any, depth: int = 0):
     if depth > 4:
         return None
     if isinstance(value, torch.Tensor):
-        return ("tensor", value.detach().clone())
+        return ("tensor", value.detach().clone(), value.requires_grad)
     if isinstance(value, nn.Module):
-        return ("module", {k: v.detach().clone() for k, v in value.state_dict().items()})
+        return ("module", {k: v.detach().clone() for k, v in value.state_dict().items()},
+                [p.requires_grad for p in value.parameters()])
     if isinstance(value, (list, tuple)):
         return (type(value).__name__, len(value), [id(v) for v in value], [_snapshot(v, depth + 1) for v in value])
     if isinstance(value, dict):
@@ -72,16 +73,23 @@ def _snapshot(value: Any, depth: int = 0):
     return None
 
 
+def _tensor_changed(now: torch.Tensor, before: torch.Tensor) -> bool:
+    """Shape, dtype or device changed, or (off the meta device, which holds no values) a value."""
+    if now.shape != before.shape or now.dtype != before.dtype or now.device != before.device:
+        return True
+    return now.device.type != "meta" and not torch.equal(now, before)
+
+
 def _changed(value: Any, snap) -> bool:
     if snap is None:
         return False
     kind = snap[0]
     if kind == "tensor":
-        now = value.detach()
-        return now.shape != snap[1].shape or not torch.equal(now, snap[1])
+        return _tensor_changed(value.detach(), snap[1]) or value.requires_grad != snap[2]
     if kind == "module":
         state = value.state_dict()
-        return set(state) != set(snap[1]) or any(not torch.equal(state[k].detach(), v) for k, v in snap[1].items())
+        return (set(state) != set(snap[1]) or any(_tensor_changed(state[k].detach(), v) for k, v in snap[1].items())
+                or [p.requires_grad for p in value.parameters()] != snap[2])
     if kind in ("list", "tuple"):
         _, n, ids, inner = snap
         return len(value) != n or [id(v) for v in value] != ids or any(_changed(v, s) for v, s in zip(value, inner))
@@ -115,14 +123,44 @@ def _resolve(target: str):
     raise ValueError(f"cannot resolve {target!r}")
 
 
+def _trap_code(target: str, why: str, like):
+    """A code object that raises :class:`Delegation`, with the free variables of ``like`` (so that
+    it can replace ``like`` in place, wherever the function is referenced from)."""
+    body = (f"    raise __import__('coursekit.course.registry', fromlist=['Delegation']).Delegation("
+            f"{target.removeprefix('coursekit.')!r}, {why!r})\n")
+    free = like.co_freevars
+    src = "def _outer():\n"
+    src += "".join(f"    {name} = None\n" for name in free)
+    src += "    def _trap(*args, **kwargs):\n"
+    src += "".join(f"        {name}\n" for name in free)
+    src += "    " + body
+    src += "    return _trap\n"
+    ns: dict = {}
+    exec(compile(src, "<coursekit delegation trap>", "exec"), ns)
+    code = ns["_outer"]().__code__
+    return code if code.co_freevars == free else None
+
+
 @contextlib.contextmanager
 def _forbidden(targets: dict[str, str]):
-    """Replace each forbidden callable by one that raises :class:`Delegation` while the answer runs."""
-    patched = []
+    """Make each forbidden callable raise :class:`Delegation` while the answer runs.
+
+    A Python function gets its code swapped, so that every reference to it fails, including a
+    name the notebook imported earlier (``from coursekit.ebm import ula``); anything else is
+    replaced on its owner.
+    """
+    patched, swapped = [], []
     try:
         for target, why in targets.items():
             owner, attr = _resolve(target)
             original = inspect.getattr_static(owner, attr)
+            func = original.__func__ if isinstance(original, (staticmethod, classmethod)) else original
+            code = getattr(func, "__code__", None)
+            trap_code = _trap_code(target, why, code) if code is not None else None
+            if trap_code is not None:
+                func.__code__ = trap_code
+                swapped.append((func, code))
+                continue
 
             def trap(*args, _target=target, _why=why, **kwargs):
                 raise Delegation(_target.removeprefix("coursekit."), _why)
@@ -132,6 +170,8 @@ def _forbidden(targets: dict[str, str]):
             patched.append((owner, attr, original))
         yield
     finally:
+        for func, code in reversed(swapped):
+            func.__code__ = code
         for owner, attr, original in reversed(patched):
             setattr(owner, attr, original)
 
