@@ -8,11 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
 
-# Headless Chromium for the browser check (Debian package; needs root, about 30 s once).
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing chromium for the browser check..."
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-    || echo "warning: could not install chromium; the browser check will say so"
+# Headless Chromium for the browser check and bubblewrap for the grader's sandbox (Debian packages;
+# need root; about 30 s once).
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v bwrap >/dev/null 2>&1 || missing="$missing bubblewrap"
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing$missing..."
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
+    || echo "warning: could not install$missing; the browser check and sandbox tests will say so"
 fi
 
 make --no-print-directory book
