@@ -257,6 +257,8 @@ def cheat_reports(tmp_path_factory):
     (folder / "precious.txt").write_text("the instructor's file")
     tag = f"coursekit-cheat-{os.getpid()}-{time.time_ns()}"
     for name, cheat in cheats.CHEATS.items():
+        if name == "delete_files" and not bwrap_available():
+            continue  # without the sandbox nothing stops it deleting the class's files: documented, not tested
         nb = cheats.wrong(demo())
         cheat(nb, {"tag": tag, "folder": str(folder)})
         write(nb, folder / f"demo_exercises-{name}.ipynb")
@@ -269,6 +271,8 @@ def cheat_reports(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(cheats.CHEATS))
 def test_cheat_gets_no_points(cheat_reports, name):
+    if name not in cheat_reports["reports"]:
+        pytest.skip("bubblewrap (bwrap) is missing: a notebook that deletes files can reach the class's folder")
     report = cheat_reports["reports"][name]
     assert not report.error, report.error
     assert report.total == 3, "the expected exercises come from the registry, not the notebook"
