@@ -1,10 +1,19 @@
 """Run configuration: fast or full mode, the device, and seeding.
 
-The single switch between the two modes is the environment variable ``COURSEKIT_MODE``:
+There are two modes:
 
 * ``fast``  small sizes and short training, every notebook well under a minute on a 2-core CPU;
 * ``full``  the sizes and training lengths that give good results (meant for a GPU, e.g. Colab);
 * ``auto``  (default) ``full`` when CUDA is available, ``fast`` otherwise.
+
+The mode is chosen, in this order of precedence, by
+
+1. the environment variable ``COURSEKIT_MODE`` when it is set (the book build, the tests and the
+   grader set it);
+2. the Colab form field ``MODE = "auto"  #@param ["auto", "fast", "full"]`` of the set-up cell that
+   ``coursekit sync`` puts at the top of every ``.ipynb`` (a variable ``MODE`` of the notebook's
+   namespace, ``__main__``);
+3. ``auto``.
 
 Notebooks never edit cells to change mode: they ask :func:`pick` for each size.
 
@@ -22,20 +31,44 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["MODE_ENV", "DEVICE_ENV", "mode", "is_fast", "pick", "device", "seed_everything", "setup", "Settings"]
+__all__ = ["MODE_ENV", "DEVICE_ENV", "FORM_VARIABLE", "mode", "mode_source", "is_fast", "pick", "device", "seed_everything", "setup", "Settings"]
 
 MODE_ENV = "COURSEKIT_MODE"
 DEVICE_ENV = "COURSEKIT_DEVICE"
 _MODES = ("fast", "full", "auto")
 
 
+FORM_VARIABLE = "MODE"
+
+
+def _form_mode():
+    """The notebook's ``MODE`` (the Colab form field of the set-up cell), or ``None``."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    value = getattr(main, FORM_VARIABLE, None)
+    return value if isinstance(value, str) else None
+
+
+def mode_source() -> str:
+    """Where the mode comes from: ``COURSEKIT_MODE``, the ``MODE`` form field, or the default."""
+    if os.environ.get(MODE_ENV, "").strip():
+        return MODE_ENV
+    if _form_mode() is not None and _form_mode().strip():
+        return f"{FORM_VARIABLE} in the set-up cell"
+    return "default"
+
+
 def mode() -> str:
-    """Return ``"fast"`` or ``"full"`` as chosen by ``COURSEKIT_MODE`` (see module docstring)."""
-    value = os.environ.get(MODE_ENV, "auto").strip().lower() or "auto"
+    """Return ``"fast"`` or ``"full"``: ``COURSEKIT_MODE``, else the notebook's ``MODE``, else ``auto``."""
+    env = os.environ.get(MODE_ENV, "").strip()
+    form = _form_mode()
+    value = (env or (form or "").strip() or "auto").lower()
     if value not in _MODES:
+        where = f"{MODE_ENV}={value!r}" if env else f"{FORM_VARIABLE} = {form!r} (the set-up cell's form field)"
         raise ValueError(
-            f"{MODE_ENV}={value!r} is not a mode; expected one of {', '.join(_MODES)}. "
-            f"Unset it to let coursekit choose (full on GPU, fast on CPU)."
+            f"{where} is not a mode; expected one of {', '.join(_MODES)}. "
+            f"Use \"auto\" to let coursekit choose (full on GPU, fast on CPU)."
         )
     if value == "auto":
         return "full" if torch.cuda.is_available() else "fast"
@@ -89,6 +122,9 @@ class Settings:
 def setup(seed: int = 0, verbose: bool = True) -> Settings:
     """Seed everything, choose mode and device, and (optionally) print them.
 
+    The mode is :func:`mode`'s: ``COURSEKIT_MODE`` when set, else the notebook's ``MODE`` form field
+    (Colab), else ``auto``.
+
     Call it once at the top of every notebook::
 
         cfg = coursekit.setup(seed=0)
@@ -99,6 +135,6 @@ def setup(seed: int = 0, verbose: bool = True) -> Settings:
     if verbose:
         from . import __version__
 
-        print(f"coursekit {__version__}: mode: {settings.mode}, device: {settings.device}, seed: {seed} "
-              f"({MODE_ENV}=fast|full|auto)")
+        print(f"coursekit {__version__}: mode: {settings.mode} (from {mode_source()}), device: {settings.device}, "
+              f"seed: {seed} (choose with MODE in the set-up cell, or {MODE_ENV}=fast|full|auto)")
     return settings

@@ -58,8 +58,43 @@ def test_blank_notebook_drops_solution_cells_and_refuses_a_notebook_without_solu
         blank_notebook(ex)
 
 
-def test_setup_cell_installs_without_dependencies():
-    src = setup_cell_source("https://github.com/org/repo", "main")
-    assert "--no-deps" in src and "git+https://github.com/org/repo@main" in src
-    assert "torch" not in src.split("\n", 2)[2]  # never installs torch itself
-    compile(src, "setup", "exec")
+def _run_setup_cell(monkeypatch, returncode: int):
+    """Execute the generated set-up cell with coursekit 'missing' and pip replaced by a recorder."""
+    import importlib.metadata
+    import subprocess
+    import types
+
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(list(cmd))
+        return types.SimpleNamespace(returncode=returncode, stdout="pip says ok", stderr="pip says no")
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    src = setup_cell_source("https://github.com/org/repo", "v9.8.7")
+    namespace: dict = {}
+    try:
+        exec(compile(src, "setup-cell", "exec"), namespace)
+    finally:
+        monkeypatch.undo()
+    return namespace, calls
+
+
+def test_setup_cell_installs_the_pinned_ref_without_dependencies_and_never_torch(monkeypatch):
+    namespace, calls = _run_setup_cell(monkeypatch, returncode=0)
+    assert namespace["MODE"] == "auto"  # the Colab form field, read by coursekit.setup
+    assert calls, "the set-up cell did not call pip although coursekit was missing"
+    first = calls[0]
+    assert first[1:4] == ["-m", "pip", "install"] and "--no-deps" in first
+    assert "git+https://github.com/org/repo@v9.8.7" in first
+    assert not any("torch" in arg for cmd in calls for arg in cmd), calls
+
+
+def test_setup_cell_says_what_to_do_when_the_install_fails(monkeypatch):
+    with pytest.raises(RuntimeError, match="No network") as err:
+        _run_setup_cell(monkeypatch, returncode=1)
+    assert "Private repository" in str(err.value) and "v9.8.7" in str(err.value)

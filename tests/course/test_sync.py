@@ -20,7 +20,7 @@ def test_every_notebook_page_has_a_colab_copy(root):
 def test_stale_exercise_is_detected(root, tmp_path):
     import shutil
 
-    for item in ("_config.yml", "solutions", "exercises", "lectures"):
+    for item in ("_config.yml", "_toc.yml", "book", "solutions", "exercises", "lectures"):
         src = root / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
     assert sync(tmp_path, check=True).ok
