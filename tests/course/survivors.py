@@ -51,6 +51,46 @@ SURVIVORS: dict[str, dict[str, str]] = {
             "total is the function's own accumulator (x.new_zeros), not an input: adding in place is the same sum",
         "returned `base.log_prob(x) + total` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
     },
+    "4.1": {
+        "line 5: `x` -> `z` (x -> z)":
+            "z is the answer's own result, with the rows, dtype and device of x: z.new_zeros(z.shape[0]) is the "
+            "same zeros",
+        "line 5: `x` -> `z` (x -> z) #2":
+            "z has the rows, dtype and device of x: x.new_zeros(z.shape[0]) and z.new_zeros(x.shape[0]) are the "
+            "same zeros",
+        "returned `log_det` detached":
+            "the log-determinant is the constant 0, which depends on no parameter: new_zeros is already off the graph",
+        "returned `log_det` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
+    "4.2": {
+        "line 4: `x` -> `z` (x -> z)": "z = x / s has the rows of x: z.shape[0] is x.shape[0]",
+        "returned `log_det` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
+    "4.3": {
+        "line 6: `-1` -> `1` (drop the minus sign)":
+            "a is 2-D, of shape (n, p - r): a.sum(1) sums the same last axis as a.sum(-1)",
+        "returned `log_det` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
+    "5.1": {
+        "line 5: `-1` -> `1` (drop the minus sign)":
+            "alpha is 2-D, of shape (n, p): alpha.sum(1) sums the same last axis as alpha.sum(-1)",
+        "returned `log_det` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
+    "5.2": {
+        "line 5: `-1` -> `1` (drop the minus sign)":
+            "sigma is 2-D, of shape (n, p): .sum(1) sums the same last axis as .sum(-1)",
+        "returned `log_det` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
+    "5.3": {
+        "line 5: `log_q0 - alpha.sum(-1)` -> `log_q0.sub_(alpha.sum(-1))` (in place)":
+            "log_q0 is the answer's own tensor (a sum it just made), not an input: subtracting in place gives the same "
+            "values and gradients",
+        "line 4: `-1` -> `1` (drop the minus sign)":
+            "the log-densities are 2-D, of shape (n, p): .sum(1) sums the same last axis as .sum(-1)",
+        "line 5: `-1` -> `1` (drop the minus sign)":
+            "alpha is 2-D, of shape (n, p): alpha.sum(1) sums the same last axis as alpha.sum(-1)",
+        "returned `log_p` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
     "3.4": {
         "line 4: `u @ w` -> `w @ u` (swap operands)": "the dot product is symmetric: u^T w = w^T u, exactly",
         "returned `torch.log(torch.abs(1 + (1 - torch.tanh(a) ** 2…` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",

@@ -12,7 +12,13 @@ Every check follows the same pattern:
    device following the input, gradients flowing when the result is meant to be trained), which
    returns a plain float64 copy to compare;
 4. compare with :func:`close`, and explain a wrong answer with :func:`fail`: say what is wrong
-   and in which direction, never the number to type.
+   and in which direction, never the number to type; once the values are right,
+   :func:`same_gradients` tells a result partly cut off from the autograd graph;
+5. run the answer once more on other devices with :func:`probes` (``meta`` always, which catches
+   ``.cpu()``, ``.numpy()`` and ``.item()`` without a GPU; CUDA when there is one).
+
+A network handed to the answer can be wrapped in a :class:`Network`, which counts the passes
+through it, records what it was fed, and explains a call on the wrong input.
 """
 
 from __future__ import annotations
@@ -30,9 +36,17 @@ from torch import nn
 from ..registry import Delegation, ExerciseFailure, current
 
 __all__ = ["fail", "require_callable", "draws", "call", "expect", "expect_pair", "close", "randomised",
-           "SEED_ENV"]
+           "SEED_ENV", "F64", "CASES", "tol", "randint", "batch_size", "random_input", "per_row", "same_gradients",
+           "on_meta", "devices", "probes", "Network", "layer_delegation"]
 
 SEED_ENV = "COURSEKIT_CHECK_SEED"
+F64 = torch.float64
+
+# The problems a check draws, as (dtype, inputs and parameters require grad): float64 for precision,
+# float64 with autograd (the results must carry the right gradients), float32 (the dtype follows the
+# input). The first has no autograd at all, so that an in-place change of an input is reported as such
+# (with grad on, torch refuses it with an error about leaf variables first).
+CASES = ((F64, False), (F64, True), (torch.float32, True))
 
 
 def fail(message: str, mistake: str | None = None):
@@ -54,7 +68,44 @@ def draws(k: int = 2) -> Iterator[torch.Generator]:
         yield torch.Generator().manual_seed((base + 7919 * i) % (2**62))
 
 
+def tol(dtype) -> float:
+    """The tolerance of a comparison of results computed in ``dtype``."""
+    return 1e-9 if dtype == F64 else 1e-4
+
+
+def randint(g: torch.Generator, lo: int, hi: int) -> int:
+    """An integer drawn uniformly in ``[lo, hi]``."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def batch_size(g: torch.Generator, avoid) -> int:
+    """A batch size in 5..11 equal to none of ``avoid`` (so that a sum over the wrong axis, or a
+    shape built from the wrong size, cannot have the right shape)."""
+    choices = [n for n in range(5, 12) if n not in set(avoid)]
+    return choices[randint(g, 0, len(choices) - 1)]
+
+
+def random_input(g: torch.Generator, shape, dtype, grad: bool, scale: float = 1.0) -> torch.Tensor:
+    """A tensor of independent N(0, scale^2) entries, drawn in float64 and then cast to ``dtype``,
+    requiring grad when ``grad``."""
+    return (scale * torch.randn(tuple(shape), generator=g, dtype=F64)).to(dtype).requires_grad_(grad)
+
+
 # ------------------------------------------------------------------ calling the answer
+
+
+def layer_delegation(module: str, *layers: str) -> dict[str, str]:
+    """``forbidden=`` for an exercise that asks for the map or the inverse of coursekit layers: the
+    public ``forward`` and ``inverse`` of every coursekit layer (:class:`~coursekit.flows.base.Bijection`),
+    and each named layer's own ``_forward`` and ``_inverse`` (``module``: where the layers live)."""
+    rule = {
+        "coursekit.flows.base.Bijection.inverse": "the inverse of any coursekit layer",
+        "coursekit.flows.base.Bijection.forward": "the map of any coursekit layer",
+    }
+    for layer in layers:
+        rule[f"{module}.{layer}._inverse"] = f"the {layer} layer's own inverse"
+        rule[f"{module}.{layer}._forward"] = f"the {layer} layer's own map"
+    return rule
 
 
 def _snapshot(value: Any, depth: int = 0):
@@ -97,6 +148,15 @@ def _changed(value: Any, snap) -> bool:
         _, ids, inner = snap
         return {k: id(v) for k, v in value.items()} != ids or any(_changed(value[k], s) for k, s in inner.items())
     return False
+
+
+def _state(value):
+    """(dtype, device, requires_grad) of a tensor or of every tensor of a module (None for anything else)."""
+    if isinstance(value, torch.Tensor):
+        return [(value.dtype, value.device, value.requires_grad)]
+    if isinstance(value, nn.Module):
+        return [(k, t.dtype, t.device, t.requires_grad) for k, t in value.state_dict(keep_vars=True).items()]
+    return None
 
 
 def _arg_names(fn: Callable, n_args: int, kwargs: dict) -> list[str]:
@@ -184,12 +244,18 @@ def call(answer: Callable, *args, what: str | None = None, **kwargs):
     exercise forbids. Exceptions from the answer propagate (the registry reports them).
     """
     what = what or f"{getattr(answer, '__name__', 'your function')}(...)"
-    snaps = [_snapshot(a) for a in args] + [_snapshot(v) for v in kwargs.values()]
+    values = list(args) + list(kwargs.values())
+    snaps = [_snapshot(v) for v in values]
+    states = [_state(v) for v in values]
     ex = current()
     with _forbidden(ex.forbidden if ex is not None else {}):
         result = answer(*args, **kwargs)
-    values = list(args) + list(kwargs.values())
-    for name, value, snap in zip(_arg_names(answer, len(args), kwargs), values, snaps):
+    for name, value, snap, state in zip(_arg_names(answer, len(args), kwargs), values, snaps, states):
+        if state is not None and _state(value) != state:
+            fail(f"{what} changed its input `{name}` in place: its dtype, device or requires_grad flag (with "
+                 "`.double()` or `.to(...)` on a network, `.requires_grad_()` on a tensor, applied to the caller's "
+                 "object). Work on new tensors (`y = x.double()`) and leave the inputs as they came",
+                 mistake="in-place")
         if _changed(value, snap):
             fail(
                 f"{what} changed its input `{name}` in place (an operation like `{name} -= ...`, "
@@ -268,12 +334,144 @@ def randomised(module: nn.Module, generator: torch.Generator | int, scale: float
     return module
 
 
-def tensor_pair(result, what: str, shapes=None, names=("the first", "the second"), hint: str = ""):
-    """LEGACY (removed once every chapter uses :func:`expect_pair` and :func:`expect`)."""
-    a, b = expect_pair(result, what)
-    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-        fail(f"{what} must return two torch tensors, got {type(a).__name__} and {type(b).__name__}")
-    if shapes is not None and (tuple(a.shape), tuple(b.shape)) != (tuple(shapes[0]), tuple(shapes[1])):
-        fail(f"{what}: expected {names[0]} of shape {tuple(shapes[0])} and {names[1]} of shape {tuple(shapes[1])}, "
-             f"got {tuple(a.shape)} and {tuple(b.shape)}" + (f" ({hint})" if hint else ""))
-    return a.to(torch.float64), b.to(torch.float64)
+def per_row(value, name: str, n: int, like: torch.Tensor, grad: bool | None) -> torch.Tensor:
+    """:func:`expect` for a result with one value per row of a batch (shape ``(n,)``), with a hint that
+    says which way a wrong shape is wrong."""
+    hint = ""
+    if isinstance(value, torch.Tensor):
+        shape = tuple(value.shape)
+        if shape == ():
+            hint = f"one value for the whole batch; give one per row of x, e.g. with .expand({n}) or x.new_zeros(n)"
+        elif len(shape) == 2 and shape[0] == n:
+            hint = "one value per coordinate; sum over the coordinates with .sum(-1)"
+        elif len(shape) == 1 and shape[0] != n:
+            hint = "one value per coordinate or per network output, not per row of x (the batch)"
+    return expect(value, name, shape=(n,), like=like, grad=grad, hint=hint)
+
+
+# ------------------------------------------------------------------ gradients
+
+
+def _grads(out: torch.Tensor, wrt: list[torch.Tensor], weight: torch.Tensor) -> list[torch.Tensor]:
+    if out.grad_fn is None and not out.requires_grad:
+        return [torch.zeros_like(t, dtype=F64) for t in wrt]
+    got = torch.autograd.grad((out * weight).sum(), wrt, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(t, dtype=F64) if g is None else g.detach().to(F64) for g, t in zip(got, wrt)]
+
+
+def same_gradients(got: torch.Tensor, want: torch.Tensor, wrt: list[torch.Tensor], name: str,
+                   g: torch.Generator, dtype) -> None:
+    """Fail (contract) unless ``got`` (the answer's raw result) has the gradients of ``want`` (the
+    check's own result, from the same graph inputs) with respect to every tensor of ``wrt``.
+
+    Run it once the values are known to be right: it tells a result that is partly cut off from the
+    autograd graph (``.detach()`` on the way, a value rebuilt with ``torch.tensor``) from a right one."""
+    weight = torch.rand(tuple(want.shape), generator=g, dtype=F64).to(dtype) + 0.5
+    a, b = _grads(got, wrt, weight), _grads(want, wrt, weight)
+    if not all(close(u, v, 100 * tol(dtype)) for u, v in zip(a, b)):
+        fail(f"`{name}` has the right values but the wrong gradients: part of it is cut off from the autograd "
+             "graph (.detach(), .data, torch.no_grad(), a value rebuilt with torch.tensor(...) or .item()), so "
+             "training through it would not update the networks correctly. Compute it with torch operations "
+             "on the inputs, all the way", mistake="contract")
+
+
+# ------------------------------------------------------------------ other devices
+
+# what torch says when a computation on the meta device reads values or reaches for the CPU
+_OFF_DEVICE = ("Cannot copy out of meta", "meta device type tensor to numpy", "cannot be called on meta tensors")
+_MIXED = ("is not on the expected device", "Expected all tensors to be on the same device")
+
+
+def on_meta(answer, *args, what: str):
+    """Run ``answer(*args)`` on ``meta`` tensors and return its result, or None when an operation
+    has no meta kernel (the probe then proves nothing and is skipped).
+
+    Fails (contract) when the answer reads values or copies a tensor to the CPU (``.cpu()``,
+    ``.numpy()``, ``.item()``, ``float(t)``), or mixes in a tensor it created on the CPU: all of these
+    break on a GPU too. Input checks of coursekit and of ``torch.distributions`` (which read values)
+    are off during the probe.
+    """
+    from ...flows.base import set_validation, validation_enabled
+
+    was, was_dist = validation_enabled(), torch.distributions.Distribution._validate_args
+    set_validation(False)
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        return answer(*args)
+    except ExerciseFailure:
+        raise
+    except Exception as err:  # noqa: BLE001 - classified below; anything else: no meta kernel
+        message = str(err)
+        if any(s in message for s in _OFF_DEVICE):
+            fail(f"{what} copies a tensor off its device or reads its value (.cpu(), .numpy(), .item(), "
+                 "float(...) or .tolist()): on a GPU that is a slow copy at best, and the result must stay on "
+                 "the input's device. Compute with torch operations on the inputs", mistake="contract")
+        if any(s in message for s in _MIXED):
+            fail(f"{what} mixes devices: it creates a tensor on the CPU (torch.tensor(...), torch.zeros(n) "
+                 "without device=, ...) and combines it with the inputs, which fails on a GPU. Create new "
+                 "tensors on the input's device: x.new_zeros(n), torch.zeros_like(x), device=x.device",
+                 mistake="contract")
+        return None
+    finally:
+        set_validation(was)
+        torch.distributions.Distribution.set_default_validate_args(was_dist)
+
+
+def devices() -> list[str]:
+    """The devices of the last probes: ``meta`` always, CUDA when there is one."""
+    return ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def probes(answer, make: Callable[[str], tuple], what: str) -> Iterator[tuple[str, tuple, Any]]:
+    """``(device, args, result)`` for the answer run on the problem ``args = make(device)`` of each of
+    :func:`devices`: through :func:`on_meta` on ``meta`` (skipped when an operation has no meta
+    kernel), through :func:`call` elsewhere. The caller validates each result: on ``meta`` its shape,
+    dtype and device only (meta tensors hold no values), elsewhere its values too."""
+    for device in devices():
+        args = make(device)
+        if device == "meta":
+            result = on_meta(answer, *args, what=what)
+            if result is None:
+                continue
+        else:
+            result = call(answer, *args, what=what)
+        yield device, args, result
+
+
+# ------------------------------------------------------------------ networks handed to the answer
+
+
+class Network(nn.Module):
+    """A network as the answer receives it, watched.
+
+    It counts the passes through the network (:attr:`passes`, whichever way the answer reaches it),
+    records what the network was fed (:meth:`saw`), and fails the answer (tag ``mistake``) when it is
+    called on anything but a batch of shape ``(n, width)``; ``reads`` says in words what it reads,
+    e.g. "the conditioning block x_{1:r}: the first r columns of x, `x[:, :r]`".
+    """
+
+    def __init__(self, net: nn.Module, name: str, width: int, reads: str, mistake: str | None = None):
+        super().__init__()
+        self.net, self.name, self.width, self.reads, self.mistake = net, name, width, reads, mistake
+        self.fed: list[torch.Tensor] = []
+        self.passes = 0
+        net.register_forward_pre_hook(self._record)
+
+    def _record(self, module, args) -> None:
+        self.passes += 1
+        if args and isinstance(args[0], torch.Tensor):
+            self.fed.append(args[0].detach())
+
+    def forward(self, u: torch.Tensor):
+        if not isinstance(u, torch.Tensor) or u.dim() != 2 or u.shape[1] != self.width:
+            got = f"a tensor of shape {tuple(u.shape)}" if isinstance(u, torch.Tensor) else type(u).__name__
+            fail(f"`{self.name}` was called on {got}, but it reads {self.reads}", mistake=self.mistake)
+        return self.net(u)
+
+    def saw(self, value: torch.Tensor) -> bool:
+        """Whether the network was ever fed ``value`` (compared on the CPU in float64)."""
+        value = value.detach().to("cpu", F64)
+        return any(u.device.type != "meta" and close(u.to("cpu", F64), value, 1e-12) for u in self.fed)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}"
