@@ -83,8 +83,8 @@ def causal_mask(
     >>> causal_mask(1, 1, 3, "A")[0, 0].int().tolist()
     [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
     """
-    V.positive_int("out_channels", out_channels)
-    V.positive_int("in_channels", in_channels)
+    out_channels = V.positive_int("out_channels", out_channels)
+    in_channels = V.positive_int("in_channels", in_channels)
     if isinstance(kernel_size, Sequence) and not isinstance(kernel_size, str):
         kh, kw = V.int_sequence("kernel_size", kernel_size, low=1, min_len=2)[:2]
         if len(kernel_size) != 2:
@@ -92,9 +92,19 @@ def causal_mask(
     else:
         kh = kw = V.positive_int("kernel_size", kernel_size)
     V.choice("mask_type", mask_type, ("A", "B"))
-    V.positive_int("n_groups", n_groups)
+    # every colour group needs a channel on both sides (this also keeps arange(n) * n_groups within int64)
+    n_groups = V.integer("n_groups", n_groups, 1, min(out_channels, in_channels))
     V.boolean("reverse", reverse)
-    ci, cj = (kh // 2, kw // 2) if centre is None else tuple(centre)
+    if centre is None:
+        ci, cj = kh // 2, kw // 2
+    else:
+        c = V.int_sequence("centre", centre, low=0)
+        if len(c) != 2 or c[0] >= kh or c[1] >= kw:
+            raise ValueError(
+                f"centre must be the kernel position (i, j) of the current pixel, with 0 <= i < {kh} and "
+                f"0 <= j < {kw} for kernel_size ({kh}, {kw}), got {tuple(c)}"
+            )
+        ci, cj = c
     pos = torch.arange(kh).view(-1, 1) * kw + torch.arange(kw).view(1, -1)
     here = ci * kw + cj
     before = (pos > here) if reverse else (pos < here)
@@ -111,7 +121,11 @@ def causal_mask(
 def raster_order(shape: Sequence[int], reverse: bool = False) -> Tensor:
     """The generation order of the variables of a ``(C, H, W)`` image, as indices into its row-major
     flattening: pixel by pixel in raster order, channel by channel within a pixel."""
-    C, H, W = V.int_sequence("shape", shape, low=1)
+    shape = V.int_sequence("shape", shape, low=1)
+    if len(shape) != 3:
+        raise ValueError(f"shape must be an image shape (C, H, W), got {tuple(shape)}")
+    V.boolean("reverse", reverse)
+    C, H, W = shape
     idx = torch.arange(C * H * W).view(C, H, W).permute(1, 2, 0).reshape(-1)
     return idx.flip(0) if reverse else idx
 
@@ -226,6 +240,14 @@ class GatedPixelCNN(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, n_params, H, W)`` from images ``x`` of shape ``(B, C, H, W)`` (checked: type, shape, dtype,
+        device, finiteness; the models built on the network call :meth:`_run`, which skips the checks)."""
+        V.tensor("x", x, dim=4, like=self.out.weight, shape_hint=f"(batch, {self.channels}, H, W)")
+        if x.shape[1] != self.channels:
+            raise ValueError(f"x has shape {tuple(x.shape)}, expected (batch, {self.channels}, H, W)")
+        return self._run(x)
+
+    def _run(self, x: Tensor) -> Tensor:
         v = x if self.vertical else None
         h = x
         for layer in self.layers:
@@ -273,7 +295,7 @@ class PixelCNN(nn.Module):
         self.net = GatedPixelCNN(shape[0], self.levels, features, n_layers, kernel_size)
 
     def _levels(self, k: Tensor) -> Tensor:
-        V.tensor("k", k, floating=False, finite=False)
+        V.tensor("k", k, floating=False, finite=False, device=self.net.out.weight.device)
         if k.dim() == 2 and k.shape[1] == self.dim:
             k = k.reshape(-1, *self.shape)
         if k.dim() != 4 or tuple(k.shape[1:]) != self.shape:
@@ -284,10 +306,14 @@ class PixelCNN(nn.Module):
         if k.dtype == torch.bool or k.is_complex():
             raise TypeError(f"k must hold integer pixel values, got dtype {k.dtype}")
         kf = k.to(self.net.out.weight.dtype)
-        if not torch.isfinite(kf).all() or (kf != kf.round()).any() or kf.min() < 0 or kf.max() > self.levels - 1:
+        if kf.numel() and (
+            not torch.isfinite(kf).all() or (kf != kf.round()).any() or kf.min() < 0 or kf.max() > self.levels - 1
+        ):
+            finite = bool(torch.isfinite(kf).all())
+            got = f"values in [{float(kf.min()):g}, {float(kf.max()):g}]" if finite else "NaN or infinite values"
             raise ValueError(
-                f"PixelCNN expects integer pixel values in 0..{self.levels - 1}; got values in "
-                f"[{float(kf.min()):g}, {float(kf.max()):g}] (pass the integer levels, not scaled pixels)"
+                f"k must hold integer pixel values in 0..{self.levels - 1} (pass the integer levels, not scaled "
+                f"pixels); got {got}"
             )
         return kf
 
@@ -296,12 +322,12 @@ class PixelCNN(nn.Module):
 
     def logits(self, k: Tensor) -> Tensor:
         """``(B, C, levels, H, W)``: the logits of every conditional ``p(k_i | k_{<i})``."""
-        return self.net(self._scaled(self._levels(k)))
+        return self.net._run(self._scaled(self._levels(k)))
 
     def log_prob(self, k: Tensor) -> Tensor:
         """``log p(k)`` in nats, shape ``(B,)``."""
         kf = self._levels(k)
-        logp = F.log_softmax(self.net(self._scaled(kf)), dim=2)
+        logp = F.log_softmax(self.net._run(self._scaled(kf)), dim=2)
         picked = logp.gather(2, kf.long().unsqueeze(2)).squeeze(2)
         return picked.reshape(kf.shape[0], -1).sum(1)
 
@@ -319,7 +345,7 @@ class PixelCNN(nn.Module):
         for i in range(H):
             for j in range(W):
                 for c in range(C):
-                    probs = F.softmax(self.net(self._scaled(k))[:, c, :, i, j], dim=1)
+                    probs = F.softmax(self.net._run(self._scaled(k))[:, c, :, i, j], dim=1)
                     if generator is not None:  # draw on the generator's device (a CPU generator serves GPU models)
                         probs = probs.to(generator.device)
                     draw = torch.multinomial(probs, 1, generator=generator)

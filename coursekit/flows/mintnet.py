@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from .. import _validate as V
 from ..pixelcnn import causal_mask, raster_order
 from ._iterative import default_tol, implicit_inverse, richardson_adjoint, solve
-from .base import Bijection, Compose
+from .base import Bijection, Compose, check_input
 
 __all__ = ["MintLayer", "make_mintnet"]
 
@@ -180,6 +180,7 @@ class MintLayer(Bijection):
 
     def jacobian_diagonal(self, z: Tensor) -> Tensor:
         """``diag(J_T(z))``, shaped like ``z``: every entry is ``>= exp(log_scale)`` > 0."""
+        check_input(z, self.event_shape, f"{type(self).__name__}.jacobian_diagonal input z", like=V.reference(self))
         return self._map(self._weights(), z)[1]
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:

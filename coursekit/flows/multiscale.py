@@ -66,7 +66,8 @@ def _image_shape(shape, what: str = "shape") -> tuple[int, int, int]:
 
 def squeeze(x: Tensor) -> Tensor:
     """Space to depth: ``(B, C, H, W) -> (B, 4C, H/2, W/2)``; channel ``4c + 2a + b`` holds pixel
-    ``(2i + a, 2j + b)`` of channel ``c``."""
+    ``(2i + a, 2j + b)`` of channel ``c``. Any dtype and device (a permutation of the entries)."""
+    V.tensor("x", x, dim=4, floating=False, finite=False, shape_hint="(batch, C, H, W)")
     B, C, H, W = x.shape
     if H % 2 or W % 2:
         raise ValueError(f"squeeze needs even image sides, got H={H}, W={W}: crop or pad the images to even sides")
@@ -75,11 +76,18 @@ def squeeze(x: Tensor) -> Tensor:
 
 def unsqueeze(z: Tensor) -> Tensor:
     """Depth to space, the inverse of :func:`squeeze`: ``(B, 4C, H, W) -> (B, C, 2H, 2W)``."""
+    V.tensor("z", z, dim=4, floating=False, finite=False, shape_hint="(batch, 4C, H, W)")
     B, C4, H, W = z.shape
     if C4 % 4:
         raise ValueError(f"unsqueeze needs a number of channels divisible by 4, got {C4}")
     C = C4 // 4
     return z.view(B, C, 2, 2, H, W).permute(0, 1, 4, 2, 5, 3).reshape(B, C, 2 * H, 2 * W)
+
+
+def _check_any_device(t, shape, what: str) -> None:
+    # a permutation has no parameters: any floating dtype and device will do (the NaN check cannot read meta tensors)
+    if validation_enabled():
+        check_input(t, shape, what, finite=not (isinstance(t, Tensor) and t.device.type == "meta"))
 
 
 class Squeeze(Bijection):
@@ -109,9 +117,12 @@ class Squeeze(Bijection):
         self.latent_shape = (4 * C, H // 2, W // 2)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        if validation_enabled():
-            check_input(z, self.latent_shape, "Squeeze.forward input z")
+        _check_any_device(z, self.latent_shape, "Squeeze.forward input z")
         return self._forward(z)
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _check_any_device(x, self.event_shape, "Squeeze.inverse input x")
+        return self._inverse(x)
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return unsqueeze(z), z.new_zeros(z.shape[0])
@@ -127,6 +138,10 @@ def image_checkerboard_mask(shape: Sequence[int], parity: int = 0) -> Tensor:
     """Real-NVP's checkerboard on a ``(C, H, W)`` image, flattened row-major: the same
     :func:`~coursekit.flows.coupling.checkerboard_mask` in every channel."""
     C, H, W = _image_shape(shape)
+    if H * W < 2:
+        raise ValueError(
+            f"a checkerboard mask needs at least 2 pixels per channel, got shape {(C, H, W)}: use channel_mask"
+        )
     return checkerboard_mask((H, W), parity).repeat(C)
 
 

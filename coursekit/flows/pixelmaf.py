@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .. import _validate as V
 from ..pixelcnn import GatedPixelCNN, raster_order
-from .base import Bijection
+from .base import Bijection, check_input
 
 __all__ = ["PixelMAF"]
 
@@ -84,7 +84,11 @@ class PixelMAF(Bijection):
 
     def conditioner(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(m, alpha)``, each shaped like ``x``, from one network pass."""
-        out = self.net(x.view(x.shape[0], self.channels, *self.hw))
+        check_input(x, self.event_shape, f"{type(self).__name__}.conditioner input x", like=V.reference(self))
+        return self._conditioner(x)
+
+    def _conditioner(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.net._run(x.view(x.shape[0], self.channels, *self.hw))
         m, a = out[:, :, 0], out[:, :, 1]
         alpha = self.bound * torch.tanh(a / self.bound)
         return m.reshape(x.shape), alpha.reshape(x.shape)
@@ -92,12 +96,12 @@ class PixelMAF(Bijection):
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.zeros_like(z)
         for _ in range(self.dim):  # sequential by nature: sweep t makes the first t variables exact
-            m, alpha = self.conditioner(x)
+            m, alpha = self._conditioner(x)
             x = torch.exp(alpha) * z + m
         return x, alpha.reshape(z.shape[0], -1).sum(1)
 
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        m, alpha = self.conditioner(x)
+        m, alpha = self._conditioner(x)
         return (x - m) * torch.exp(-alpha), -alpha.reshape(x.shape[0], -1).sum(1)
 
     @property

@@ -336,7 +336,7 @@ class ResidualBlock(Bijection):
 
     The module docstring states the map, its inverse, the log-determinant estimators and which
     direction is stochastic. On vectors (event shape ``(dim,)``) ``g`` is an MLP with hidden widths
-    ``hidden`` (default two layers of ``max(32, dim)``); with ``spatial=(H, W)`` it acts on images
+    ``hidden`` (at least one layer; default two layers of ``max(32, dim)``); with ``spatial=(H, W)`` it acts on images
     ``(dim, H, W)`` and ``g`` is a CNN with ``hidden`` channels (default ``(32, 32)``), ``kernel_size`` at
     both ends and 1x1 in between. Every layer has spectral norm ``<= coeff``, so ``Lip(g) <= coeff^L`` with ``L`` layers
     (:attr:`lipschitz_bound`).
@@ -387,7 +387,8 @@ class ResidualBlock(Bijection):
         coeff = _coeff(coeff)
         if hidden is None:
             hidden = (max(32, dim),) * 2 if spatial is None else (32, 32)
-        hidden = V.int_sequence("hidden", hidden, low=1)
+        # no hidden layer would make g linear (and the activation unused) in silence, as in MLP
+        hidden = V.int_sequence("hidden", hidden, low=1, min_len=1)
         V.choice("activation", activation, tuple(_ACTIVATIONS))
         self.logdet = V.choice("logdet", logdet, _ESTIMATORS)
         self.explicit = V.choice("explicit", explicit, ("forward", "inverse"))
