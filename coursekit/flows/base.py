@@ -63,7 +63,7 @@ def check_input(t: Tensor, event_shape: tuple[int, ...], what: str, finite: bool
         V.check_dtype_device(what, t, like.dtype, like.device)
     elif not (t.is_floating_point() or t.is_complex()):
         raise TypeError(f"{what} has dtype {t.dtype}; it must be floating point: call x.float()")
-    if finite and not torch.isfinite(t).all():
+    if finite and t.device.type != "meta" and not torch.isfinite(t).all():  # (meta tensors hold no values)
         n_bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{what} contains {n_bad} NaN or infinite value(s); flows need finite inputs.")
 
