@@ -135,6 +135,8 @@ def setup(seed: int = 0, verbose: bool = True) -> Settings:
     if verbose:
         from . import __version__
 
-        print(f"coursekit {__version__}: mode: {settings.mode} (from {mode_source()}), device: {settings.device}, "
-              f"seed: {seed} (choose with MODE in the set-up cell, or {MODE_ENV}=fast|full|auto)")
+        # two short lines: the book shows code output in a column of about 88 characters
+        print(f"coursekit {__version__}: mode: {settings.mode} (from {mode_source()}), "
+              f"device: {settings.device}, seed: {seed}")
+        print(f"(choose the mode with MODE in the set-up cell, or {MODE_ENV}=fast|full|auto)")
     return settings
