@@ -16,6 +16,8 @@ one page:
   lines and ``% comments``;
 * exercise, solution, proposition-like, proof and admonition directives become *headed blocks*: a
   block quote whose first line is the bold heading the book prints (``**Exercise 4.1** (title)``);
+  an admonition with ``:class: dropdown`` (an answer the book folds away) becomes an HTML
+  ``<details>`` block, folded in Colab too;
 * figures become an image and their caption (``**Fig. 4.1** caption``); ``{math}`` becomes ``$$``;
 * ``{glue:text}`name:.2f` `` (a value myst-nb pastes from a code cell) becomes the code span ``name``.
 
@@ -27,6 +29,7 @@ error (:class:`ConversionError`), never passed through.
 
 from __future__ import annotations
 
+import html
 import posixpath
 import re
 from collections import defaultdict, deque
@@ -454,9 +457,12 @@ class Converter:
             return self._headed(head + (f" ({title})" if title else ""), d.body)
         if name in ADMONITIONS:
             heading = title if name in ("admonition", "topic") else ADMONITIONS[name]
+            body = d.body
             if name not in ("admonition", "topic") and title:  # e.g. ```{note} First line
-                return self._headed(f"**{heading}**", title + "\n\n" + d.body)
-            return self._headed(f"**{heading}**", d.body)
+                body = title + "\n\n" + d.body
+            if "dropdown" in d.options.get("class", "").split():  # folded in the book: folded in Colab too
+                return self._folded(heading, body)
+            return self._headed(f"**{heading}**", body)
         if name == "math":
             body = d.body.strip("\n")
             if d.options.get("label"):
@@ -478,6 +484,13 @@ class Converter:
             return f"The references are listed in the book's [bibliography]({self.page_url(self.index.bibliography_doc)})."
         raise ConversionError(f"{self.doc}: the MyST directive {{{name}}} has no Colab rendering; "
                               "add one to coursekit/course/colab.py")
+
+    def _folded(self, head: str, body: str) -> str:
+        """A block the reader opens by clicking its heading (HTML ``<details>``, which Jupyter and Colab
+        render; the blank lines around the body let its Markdown, math included, render inside)."""
+        content = self.convert(body).strip("\n") if body.strip() else ""
+        summary = html.escape(head.replace("**", "").strip()) or "Details"
+        return f"<details>\n<summary><b>{summary}</b></summary>\n\n{content}\n\n</details>"
 
     def _headed(self, head: str, body: str) -> str:
         content = self.convert(body).strip("\n") if body.strip() else ""

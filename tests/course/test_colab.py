@@ -109,6 +109,23 @@ def test_directives_become_headed_blocks_and_labels_disappear(demo):
     assert proof.strip() == "> **Proof.**\n>\n> Because."
 
 
+def test_dropdown_answers_stay_folded(demo):
+    """An answer the book folds away (admonition with :class: dropdown) is an HTML <details> block in
+    Colab: folded until clicked, its Markdown (a nested directive, math) rendered inside."""
+    from markdown_it import MarkdownIt
+
+    _, conv = demo
+    src = ("::::{admonition} Show the answer (Exercise 2.1)\n:class: dropdown\n\n"
+           ":::{note}\n$a + b$ is *it*.\n:::\n::::\n")
+    out = conv().convert(src).strip()
+    assert out.startswith("<details>\n<summary><b>Show the answer (Exercise 2.1)</b></summary>\n\n")
+    assert out.endswith("\n\n</details>") and "> **Note**" in out
+    html = MarkdownIt("commonmark").render(out)
+    assert "<em>it</em>" in html and "$a + b$" in html and ":class:" not in html and "{prf" not in html
+    plain = conv().convert("```{admonition} Aside\nText.\n```").strip()
+    assert plain == "> **Aside**\n>\n> Text."  # without the class: an open headed block, as before
+
+
 def test_nesting_lists_and_code_fences_survive(demo):
     _, conv = demo
     src = textwrap.dedent("""\
