@@ -50,8 +50,8 @@ DENSITY_PERTURB = 0.1
 MASS_TOL = 1e-2  # |grid integral of p_theta over a box - sampled mass in the box| (grid + Monte Carlo error)
 
 
-# maps that need an image shape (C, H, W), so cannot be built as cls(dim): the image cases below test them
-IMAGE_ONLY = ("Squeeze", "Flattened", "MultiScale")
+# maps that cannot be built as cls(dim) (an image shape (C, H, W), or another map to wrap): CASES tests them
+IMAGE_ONLY = ("Squeeze", "Flattened", "MultiScale", "Inverted")
 
 
 def _map_classes():
@@ -210,6 +210,8 @@ CASES = {
         flows.AffineCoupling(18, flows.image_checkerboard_mask((2, 3, 3)), hidden=(16,)), (2, 3, 3)
     ),
     "MultiScale-1x4x4": lambda: flows.make_multiscale((1, 4, 4), n_scales=1, hidden=(16,)),
+    "Inverted-AffineCoupling": lambda: flows.Inverted(flows.AffineCoupling(DIM, hidden=(16,))),
+    "Inverted-MintLayer-1x4x4": lambda: flows.Inverted(flows.MintLayer(1, spatial=(4, 4))),
     # clamp=1: with PERTURB on every weight, 8-channel couplings at clamp 3 compound to scales ~1e6, and the
     # round trip would test the conditioning of the perturbed map rather than the code
     "MultiScale-2x4x4": lambda: flows.make_multiscale((2, 4, 4), n_scales=2, n_steps=1, hidden=(16,), clamp=1.0),
@@ -341,3 +343,14 @@ def test_autoregressive_maps_have_triangular_jacobians(name):
         Jo = J[:, o][:, :, o]
         assert Jo.triu(1).abs().max() < 1e-12, f"{name}.{direction}: a variable depends on later ones in the order"
         assert (Jo.diagonal(dim1=1, dim2=2).abs() > 0).all(), f"{name}.{direction}: zero on the diagonal"
+
+
+def test_inverted_refuses_what_it_cannot_invert():
+    with pytest.raises(TypeError, match="coursekit map"):
+        flows.Inverted(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="same shape"):
+        flows.Inverted(flows.Squeeze((1, 4, 4)))
+    T = flows.AffineCoupling(DIM, hidden=(8,)).double()
+    x = torch.randn(5, DIM, dtype=torch.float64)
+    twice = flows.Inverted(flows.Inverted(T))
+    assert torch.equal(twice(x)[0], T(x)[0]) and torch.equal(twice.inverse(x)[1], T.inverse(x)[1])

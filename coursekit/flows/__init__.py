@@ -3,7 +3,7 @@
 Every map class is exported here and in ``__all__``; each can be built from the data
 dimension alone (``Map(dim)``), which is how the generic test suite covers them all, except the
 image-only maps of :mod:`.multiscale` (:class:`Squeeze`, :class:`Flattened`, :class:`MultiScale`),
-which the suite builds from image shapes.
+which the suite builds from image shapes, and :class:`Inverted`, which wraps another map.
 """
 
 from . import base

@@ -22,7 +22,7 @@ from torch.distributions import Distribution, Independent, Normal, Uniform
 
 from .. import _validate as V
 
-__all__ = ["Bijection", "Compose", "Flow", "set_validation", "validation_enabled", "check_input"]
+__all__ = ["Bijection", "Compose", "Inverted", "Flow", "set_validation", "validation_enabled", "check_input"]
 
 _VALIDATE = True
 
@@ -106,6 +106,41 @@ class Bijection(nn.Module):
 
     def extra_repr(self) -> str:
         return f"event_shape={self.event_shape}"
+
+
+class Inverted(Bijection):
+    """The inverse ``T^{-1}`` of a map ``T``, as a map: ``T``'s two directions swapped.
+
+    ``Inverted(T).forward`` is ``T.inverse`` and ``Inverted(T).inverse`` is ``T.forward`` (same
+    parameters; each returns the log-determinant of its own direction, as always). Use it to choose
+    which direction of a layer is the explicit, one-pass one: a MintNet layer or a residual block is
+    explicit in its ``forward`` and iterative in its ``inverse``; wrapped, it is explicit in the
+    density direction (one pass per layer for maximum likelihood) and iterative when sampling, as
+    the papers train them.
+
+    >>> from coursekit.flows import AffineCoupling
+    >>> T = AffineCoupling(2)
+    >>> z = torch.randn(3, 2)
+    >>> x, ld = Inverted(T)(z)
+    >>> bool(torch.allclose(x, T.inverse(z)[0])), bool(torch.allclose(ld, T.inverse(z)[1]))
+    (True, True)
+    """
+
+    def __init__(self, transform: Bijection):
+        if not isinstance(transform, Bijection):
+            raise TypeError(f"Inverted needs a coursekit map (a Bijection), got {type(transform).__name__}")
+        latent = getattr(transform, "latent_shape", transform.event_shape)
+        if tuple(latent) != tuple(transform.event_shape):
+            raise ValueError(f"Inverted needs a map whose two sides have the same shape; {type(transform).__name__} "
+                             f"maps {tuple(latent)} to {tuple(transform.event_shape)}")
+        super().__init__(event_shape=transform.event_shape)
+        self.transform = transform
+
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.transform._inverse(z)
+
+    def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.transform._forward(x)
 
 
 class Compose(Bijection):
