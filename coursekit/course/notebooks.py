@@ -200,7 +200,7 @@ FULL_MODE_TIMES: dict[str, tuple[str, str]] = {
 
 
 def _chapter(stem: str) -> str | None:
-    m = re.match(r"^(?:ex)?(\d{2})_", stem)
+    m = re.match(r"^(?:ex)?(\d{2})[a-z]?_", stem)  # 04b_... is a section of chapter 4
     return m.group(1) if m else None
 
 

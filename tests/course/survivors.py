@@ -95,4 +95,16 @@ SURVIVORS: dict[str, dict[str, str]] = {
         "line 4: `u @ w` -> `w @ u` (swap operands)": "the dot product is symmetric: u^T w = w^T u, exactly",
         "returned `torch.log(torch.abs(1 + (1 - torch.tanh(a) ** 2…` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
     },
+    "4.4": {
+        "line 7: `k + 1` -> `k - 1` (operator)":
+            "(-1) ** (k - 1) = (-1) ** (k + 1) for every integer k: the exponents differ by 2",
+        "returned `total` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
+    "4.5": {
+        "line 6: `z - z_old` -> `z_old - z` (swap operands)":
+            "the bound uses only the norm: ||-d|| = ||d||, exactly",
+        "returned `bound` detached":
+            "the bound is a stopping test, not trained: the exercise's contract asks for no gradient through it",
+        "returned `bound` flattened": "a 1-D result: reshape(-1) returns the same values, shape, dtype and graph",
+    },
 }

@@ -22,6 +22,7 @@ test_grader.py.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 import sys
 import warnings
@@ -48,8 +49,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _wrong(ex):
-    module = importlib.import_module(f"wrong_answers.ch{int(ex.id.split('.')[0]):02d}")
-    return module.WRONG.get(ex.id, {})
+    """The wrong answers filed for ``ex`` in ``wrong_answers/chNN.py`` and in the chapter's section modules
+    ``chNN<letter>.py`` (e.g. ``ch04b.py``, the exercises of a notebook placed after ``ch04``'s in chapter 4)."""
+    chapter = f"ch{int(ex.id.split('.')[0]):02d}"
+    names = [chapter] + sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent / "wrong_answers")])
+                               if re.fullmatch(rf"{chapter}[a-z]", m.name))
+    found = {}
+    for name in names:
+        found.update(importlib.import_module(f"wrong_answers.{name}").WRONG.get(ex.id, {}))
+    return found
 
 
 def _run(ex, answer):

@@ -1,0 +1,396 @@
+"""Benchmark: coursekit's residual flow against normflows' (both after Residual Flows, Chen et al. 2019).
+
+Two measurements, never run by the test suite:
+
+* speed, on Gaussian data of dimension ``--dim``: training steps per second, log-densities per second and
+  the time of the inverse (the sampling direction, a fixed-point iteration in every block), the two
+  libraries timed **interleaved**, round by round in one process, and summarised by the median of the
+  per-round ratios coursekit / normflows with their range over the rounds;
+* test NLL at an equal training budget, on two moons (nats) and on scikit-learn's 8x8 digits (bits per
+  dimension): the same training loop, optimiser, learning rate, batches and number of steps for both,
+  and the same scoring with **exact** log-determinants (the autograd Jacobian of the whole density-direction
+  map, the same code for both libraries).
+
+Run it in an environment that has normflows next to the same torch (not the course's .venv)::
+
+    python3 -m venv /work/venvs/peers
+    /work/venvs/peers/bin/pip install torch==2.13.0 normflows==1.7.3 scikit-learn
+    /work/venvs/peers/bin/pip install --no-deps -e .
+    OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_residual.py
+    OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_residual.py --no-nll --rounds 9
+
+The models, as close as the two APIs allow: ``--blocks`` residual blocks ``z = x + g(x)`` explicit in the
+density direction (as in the paper), each followed in the sampling direction by an ActNorm layer, ``g`` with
+three spectrally normalised linear layers (widths ``p, --hidden, --hidden, p``), each of norm at most
+``--coeff``, so ``Lip(g) <= coeff^3``; Lipschitz-Swish activations. The differences that remain, stated so
+that the figures can be read:
+
+* coursekit: ``make_residual_flow(p, explicit="inverse", logdet="roulette")``. ``g`` is
+  ``Linear, LipSwish, Linear, LipSwish, Linear``; one power iteration per layer and per training call, warm
+  started, converged in eval mode. Log-determinant: 2 exact terms, then a geometric number ``G`` more with
+  ``P(G >= j) = (1 - q)^j``, ``q = (1 - Lip^2) / 2`` (3.3 extra terms on average at ``coeff = 0.9``),
+  Rademacher probe, in training and evaluation alike; Neumann-series gradient. Inverse: fixed point until
+  Banach's bound is below 100 float32 epsilons (relative).
+* normflows: ``Residual(LipschitzMLP([p, h, h, p], lipschitz_const=coeff, init_zeros=True),
+  reduce_memory=True)``, the same four-layer pattern with a Swish *before* the first linear layer too.
+  Its power iterations are not run inside the forward pass: the training loop calls
+  ``normflows.utils.update_lipschitz(model, --nf-power)`` after every optimiser step (as its
+  documentation's examples do; default 1 iteration, the same as coursekit's), and 200 iterations
+  before evaluating. Log-determinant in training: 2 exact terms then a geometric number (``p = 0.5``, 2 extra
+  terms on average), Gaussian probe, Neumann gradient, computed with backward-in-forward; in evaluation
+  mode 20 exact terms then the geometric tail (exact brute force in 2-D), which makes its log-density
+  calls more expensive than its training calls. Inverse: fixed point until a per-coordinate tolerance
+  of 1e-5 (absolute and relative).
+
+The NLL protocol: moons, 4000 training points (seed 0) and 4000 test points (seed 1); digits, pixels k in
+{0..16} dequantised afresh for every batch, y = (k + u)/17, and sent to logit space by coursekit's ``Logit``
+(alpha 0.05), whose log-determinant is added for both libraries; the validation NLL (each library's own
+estimator, evaluation mode) is computed every ``--val-every`` steps and the best state kept; the test NLL is
+the exact one, reported as the dequantisation bound -log p(y) + 64 log 17 nats per image in bits/dim, with
+the same noise for both libraries. Figures are from one machine and one seed: rerun before quoting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's coursekit
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import n_params  # noqa: E402
+
+K = 17  # digits' pixel values 0..16
+
+
+@dataclass
+class Model:
+    """One library's model seen through the same small interface."""
+
+    name: str
+    module: torch.nn.Module
+    log_prob: Callable[[torch.Tensor], torch.Tensor]  # the library's own (stochastic) estimate
+    sample: Callable[[int], torch.Tensor]
+    density_map: Callable[[torch.Tensor], torch.Tensor]  # x -> z, no log-determinant (for exact scoring)
+    inverse_map: Callable[[torch.Tensor], torch.Tensor]  # z -> x by the fixed points, no log-determinant
+    after_step: Callable[[], None] | None = None
+    before_eval: Callable[[], None] | None = None
+
+
+def build_coursekit(p, args) -> Model:
+    from coursekit.flows import ActNorm, Flow, ResidualBlock, make_residual_flow, set_validation
+
+    set_validation(False)  # the input checks synchronise with a GPU; normflows has none
+    flow = Flow(make_residual_flow(p, n_blocks=args.blocks, hidden=(args.hidden, args.hidden), coeff=args.coeff,
+                                   explicit="inverse", logdet="roulette"))
+
+    def density_map(x):
+        for m in reversed(flow.transform.maps):
+            if isinstance(m, ResidualBlock):
+                x = x + m.g(x)  # explicit="inverse": z = x + g(x)
+            else:
+                assert isinstance(m, ActNorm)
+                x = m.inverse(x)[0]
+        return x
+
+    def inverse_map(z):
+        # the fixed point of ResidualBlock's own sampling direction, without its log-determinant estimate
+        from coursekit.flows._iterative import default_tol, solve
+
+        for m in flow.transform.maps:
+            if isinstance(m, ResidualBlock):
+                ws, L = m.g.weights(), m.lipschitz_bound
+                z = solve(lambda t, y=z, ws=ws, m=m: y - m.g.evaluate(ws, t), z, z, default_tol(z.dtype),
+                          m.max_iter, L / (1 - L), "ResidualBlock", "")
+            else:
+                z = m(z)[0]
+        return z
+
+    return Model("coursekit", flow, flow.log_prob, flow.sample, density_map, inverse_map)
+
+
+def build_normflows(p, args) -> Model:
+    import normflows as nf
+
+    flows = []
+    for _ in range(args.blocks):
+        net = nf.nets.LipschitzMLP([p, args.hidden, args.hidden, p], lipschitz_const=args.coeff, init_zeros=True)
+        flows += [nf.flows.Residual(net, reduce_memory=True), nf.flows.ActNorm(p)]
+    model = nf.NormalizingFlow(q0=nf.distributions.DiagGaussian(p, trainable=False), flows=flows)
+
+    def density_map(x):
+        for f in reversed(model.flows):
+            if isinstance(f, nf.flows.Residual):
+                x = f.iresblock.forward(x)  # reverse=True: the density direction is x + g(x)
+            else:
+                x = f.inverse(x)[0]
+        return x
+
+    def inverse_map(z):
+        for f in model.flows:
+            z = f.iresblock.inverse(z) if isinstance(f, nf.flows.Residual) else f(z)[0]
+        return z
+
+    return Model("normflows", model, model.log_prob, lambda n: model.sample(n)[0], density_map, inverse_map,
+                 after_step=lambda: nf.utils.update_lipschitz(model, args.nf_power),
+                 before_eval=lambda: nf.utils.update_lipschitz(model, 200))
+
+
+BUILDERS = {"coursekit": build_coursekit, "normflows": build_normflows}
+
+
+class PixelDensity(torch.nn.Module):
+    """A model on logit space as a density of dequantised pixels in [0, 1)^64 (coursekit's Logit in front)."""
+
+    def __init__(self, model: Model):
+        from coursekit.flows import Logit
+
+        super().__init__()
+        self.inner, self.logit = model, Logit(64)
+        self.add_module("module", model.module)
+
+    def log_prob(self, y):
+        w, ld = self.logit.inverse(y)
+        return self.inner.log_prob(w) + ld
+
+    def exact_log_prob(self, y):
+        w, ld = self.logit.inverse(y)
+        return exact_log_prob(self.inner.density_map, w) + ld
+
+
+def exact_log_prob(density_map, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """log N(z; 0, I) + log|det dz/dx| with the Jacobian of the row-wise map from autograd (p backward passes)."""
+    out = []
+    for xc in x.split(chunk):
+        xc = xc.detach().requires_grad_()
+        with torch.enable_grad():
+            z = density_map(xc)
+            p = z.shape[1]
+            rows = [torch.autograd.grad(z[:, i].sum(), xc, retain_graph=i < p - 1)[0] for i in range(p)]
+        J = torch.stack(rows, 1)
+        log_base = -0.5 * (z.detach() ** 2).sum(1) - 0.5 * p * math.log(2 * math.pi)
+        out.append(log_base + torch.linalg.slogdet(J)[1])
+    return torch.cat(out)
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def speed(args, device, trained=None, data=None) -> None:
+    """Interleaved rounds: each round times every library on every measure, in alternating order.
+
+    ``trained``: the models trained on the digits (their fixed points then take as many iterations as a
+    trained model needs), timed on ``data`` (logits of dequantised digits); otherwise fresh models (near the
+    identity: few iterations) on Gaussian data of dimension ``--dim``."""
+    batch = args.batch
+    models, opts = {}, {}
+    for name, build in BUILDERS.items():
+        if trained is None:
+            torch.manual_seed(0)
+            np.random.seed(0)
+            models[name] = build(args.dim, args)
+            models[name].module.to(device)
+        else:
+            models[name] = trained[name]
+        opts[name] = torch.optim.Adam([q for q in models[name].module.parameters() if q.requires_grad], lr=1e-5)
+    gen = torch.Generator().manual_seed(1)
+    if data is None:
+        x = torch.randn(batch, args.dim, generator=gen).to(device)
+    else:
+        x = data[torch.randint(0, data.shape[0], (batch,), generator=gen)].to(device)
+    p = x.shape[1]
+    z = torch.randn(batch, p, generator=gen).to(device)  # latent points: the inverse's input
+    print(f"\nspeed of the {'trained digits models, on digits in logit space' if trained else 'untrained models'}")
+
+    def train_steps(m):
+        m.module.train()
+        for _ in range(args.steps):
+            opts[m.name].zero_grad(set_to_none=True)
+            loss = -m.log_prob(x).mean()
+            loss.backward()
+            opts[m.name].step()
+            if m.after_step:
+                m.after_step()
+
+    def prepare(m):
+        """Evaluation mode, spectral norms converged for the current weights (untimed)."""
+        m.module.eval()
+        if m.before_eval:
+            m.before_eval()
+        with torch.no_grad():
+            m.log_prob(x[:2])
+
+    def density(m):
+        with torch.no_grad():
+            m.log_prob(x)
+
+    def inverse(m):
+        with torch.no_grad():
+            m.inverse_map(z)
+
+    def sampling(m):
+        with torch.no_grad():
+            m.sample(batch)
+
+    measures = (("train", train_steps, args.steps), ("density", density, batch), ("inverse", inverse, batch),
+                ("sample", sampling, batch))
+    for m in models.values():  # warm-up (ActNorm initialisation, allocations)
+        train_steps(m)
+        prepare(m)
+        density(m)
+        inverse(m)
+    rates = {name: {k: [] for k, _, _ in measures} for name in models}
+    names = list(models)
+    for r in range(args.rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for measure, fn, scale in measures:
+            for name in order:
+                if measure == "density":
+                    prepare(models[name])
+                seconds = _timed(lambda fn=fn, m=models[name]: fn(m))
+                rates[name][measure].append(scale / seconds)
+    lip = args.coeff**3
+    q = (1 - lip**2) / 2
+    print(f"\nspeed, p = {p}, batch {batch}, {args.rounds} interleaved rounds (log-det terms per call on average: "
+          f"coursekit {2 + (1 - q) / q:.1f}; normflows 4 in training, 22 in evaluation mode)")
+    head = ("train steps/s", "log-densities/s", "inverses/s", "samples/s")
+    print(f"{'library':<11}{'params':>9}" + "".join(f"{h:>20}" for h in head))
+    for name in names:
+        med = [statistics.median(v) for v in rates[name].values()]
+        print(f"{name:<11}{n_params(models[name].module):>9,}" + "".join(f"{v:>20,.1f}" for v in med))
+    ratios = {k: [a / b for a, b in zip(rates["coursekit"][k], rates["normflows"][k])] for k in rates["coursekit"]}
+
+    def fmt(v):
+        return f"{statistics.median(v):.2f} [{min(v):.2f}, {max(v):.2f}]"
+
+    print(f"{'ratio':<11}{'':>9}" + "".join(f"{fmt(v):>20}" for v in ratios.values()))
+    print("(ratio: coursekit's speed / normflows', median over the rounds [min, max]; > 1: coursekit is faster;")
+    print(" inverses: the fixed points of all blocks without log-determinants; samples: inverse + log-det estimate)")
+    for name in names:
+        m = models[name]
+        with torch.no_grad():
+            err = (m.density_map(m.inverse_map(z)) - z).abs().max().item()
+        print(f"{name}: round trip |T^-1(T(z)) - z| up to {err:.1e} (each library's own stopping rule)")
+
+
+def train(model: Model, density, data, steps, batch, lr, seed, transform=None, val=None, val_every=200):
+    """The loop both libraries get: Adam, uniform batch draws from a shared seed, optional validation
+    with the best state kept. Returns the wall time."""
+    params = [q for q in density.parameters() if q.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    best, best_state = math.inf, None
+    t0 = time.perf_counter()
+    for step in range(steps):
+        density.train()
+        idx = torch.randint(0, data.shape[0], (batch,), generator=gen)
+        xb = data[idx] if transform is None else transform(data[idx])
+        loss = -density.log_prob(xb).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if model.after_step:
+            model.after_step()
+        if val is not None and ((step + 1) % val_every == 0 or step + 1 == steps):
+            density.eval()
+            if model.before_eval:
+                model.before_eval()
+            with torch.no_grad():
+                v = float(-density.log_prob(val).mean())
+            if v < best:
+                best, best_state = v, copy.deepcopy(density.state_dict())
+    if best_state is not None:
+        density.load_state_dict(best_state)
+    density.eval()
+    if model.before_eval:
+        model.before_eval()
+    return time.perf_counter() - t0
+
+
+def nll(args, device) -> tuple[dict, torch.Tensor]:
+    from coursekit.data import load_digits_split, sample_toy
+    from coursekit.flows import bits_per_dim, uniform_dequantize
+
+    moons_train = sample_toy("moons", 4000, seed=0).to(device)
+    moons_test = sample_toy("moons", 4000, seed=1).to(device)
+    digits = load_digits_split(seed=0, device=device)
+    rows, trained = {}, {}
+    for name, build in BUILDERS.items():
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        model = build(2, args)
+        model.module.to(device)
+        s_moons = train(model, model.module, moons_train, args.steps_moons, 256, args.lr, args.seed)
+        moons_nll = float(-exact_log_prob(model.density_map, moons_test).mean())
+
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        model = build(64, args)
+        density = PixelDensity(model).to(device)
+        val = uniform_dequantize(digits.val, K, torch.Generator(device=device).manual_seed(7))
+        s_digits = train(model, density, digits.train, args.steps_digits, 128, args.lr, args.seed,
+                         transform=lambda k: uniform_dequantize(k, K), val=val, val_every=args.val_every)
+        test_y = uniform_dequantize(digits.test, K, torch.Generator(device=device).manual_seed(123))
+        nats = float(-density.exact_log_prob(test_y).mean()) + 64 * math.log(K)
+        rows[name] = (moons_nll, bits_per_dim(nats, 64), s_moons, s_digits, n_params(model.module))
+        trained[name] = model
+    print(f"\ntest NLL at an equal budget (moons: {args.steps_moons} steps, batch 256; digits: {args.steps_digits} "
+          f"steps, batch 128; Adam lr {args.lr}; seed {args.seed}), exact log-determinants")
+    print(f"{'library':<11}{'moons nats':>11}{'digits bits/dim':>17}{'moons train s':>15}{'digits train s':>16}"
+          f"{'digits params':>15}")
+    for name, (mn, bpd, sm, sd, npar) in rows.items():
+        print(f"{name:<11}{mn:>11.3f}{bpd:>17.3f}{sm:>15.0f}{sd:>16.0f}{npar:>15,}")
+    from coursekit.flows import Logit
+
+    logits = Logit(64).inverse(uniform_dequantize(digits.train, K, torch.Generator(device=device).manual_seed(5)))[0]
+    return trained, logits
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dim", type=int, default=64, help="dimension for the speed figures with --no-nll")
+    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--coeff", type=float, default=0.9, help="spectral norm bound of every linear layer of g")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=10, help="training steps per timed run")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--nf-power", type=int, default=1, help="normflows' power iterations after each step")
+    ap.add_argument("--no-nll", action="store_true", help="speed only")
+    ap.add_argument("--steps-moons", type=int, default=1000)
+    ap.add_argument("--steps-digits", type=int, default=1000)
+    ap.add_argument("--val-every", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    import normflows
+
+    print(f"residual flows: {args.blocks} blocks, g with layers (p, {args.hidden}, {args.hidden}, p) of spectral "
+          f"norm <= {args.coeff} (Lip(g) <= {args.coeff**3:.3f}), coursekit vs normflows "
+          f"{normflows.__version__}, torch {torch.__version__}, {device}, {args.threads} thread(s)")
+    if args.no_nll:
+        speed(args, device)
+    else:
+        trained, logits = nll(args, device)
+        speed(args, device, trained, logits)
+
+
+if __name__ == "__main__":
+    main()
