@@ -180,38 +180,51 @@ class CourseConfig:
         return problems
 
 
-#: Full-mode time of each chapter (lecture + exercises) on a Colab T4 GPU, and how it was obtained.
-#: No GPU was available when these were written: they are estimates, with their basis. Replace an
-#: entry by a measurement (``COURSEKIT_MODE=full``, whole notebooks, Colab T4) when one is made.
-FULL_MODE_TIMES: dict[str, tuple[str, str]] = {
-    "01": ("about 1 min", "estimate: the lecture ran in full mode in 44 s on a 2-core CPU (2026), "
-                          "and its models are small enough that a T4 is not slower"),
-    "02": ("about 2 min", "estimate: the exercises ran in full mode in 43 s on a 2-core CPU; the lecture's "
-                          "full-mode run is not yet measured"),
-    "03": ("about 2 min", "estimate: the exercises ran in full mode in 18 s on a 2-core CPU; the lecture's "
-                          "full-mode run is not yet measured"),
-    "04": ("about 10 min", "estimate: from the full-mode training lengths of the digits flows "
-                           "(not yet timed on a GPU)"),
-    "05": ("about 10 min", "estimate: from the full-mode training lengths of the MAF/IAF digits models and "
-                           "the distillation (not yet timed on a GPU)"),
-    "06": ("about 6 min", "estimate: the chapter ran in full mode in 350 s on a 2-core CPU (commit 7966411); "
-                          "short-run Langevin chains gain little from a T4"),
+#: Full-mode run time of each notebook (``COURSEKIT_MODE=full``, the whole notebook), keyed by its file
+#: stem (an exercise notebook shares its solution's): ``gpu`` measured on a Colab T4-class GPU (``None``
+#: until someone measures it), ``cpu`` on one thread of the course's 2-core CPU machines (myst-nb prints
+#: "Executed notebook in N seconds" for each page of ``make book MODE=full``), both in seconds, and the
+#: date of the measurement. The intro cell of each .ipynb states them; update them when they change.
+FULL_MODE_TIMES: dict[str, dict] = {
+    "01_introduction": {"gpu": None, "cpu": 8, "date": "2026-12-07"},
+    "02_mde_mle": {"gpu": None, "cpu": 17, "date": "2026-12-07"},
+    "03_flows_planar": {"gpu": None, "cpu": 440, "date": "2026-12-07"},
+    "04_coupling_flows": {"gpu": None, "cpu": 1047, "date": "2026-12-07"},
+    "04b_beyond_triangular": {"gpu": None, "cpu": 508, "date": "2026-12-07"},
+    "05_autoregressive_flows": {"gpu": None, "cpu": 544, "date": "2026-12-07"},
+    "05b_convolutional_ar": {"gpu": None, "cpu": 466, "date": "2026-12-07"},
+    "06_energy_based_models": {"gpu": None, "cpu": 578, "date": "2026-12-07"},
+    "07_score_matching": {"gpu": None, "cpu": 205, "date": "2026-12-07"},
+    "ex02_mle": {"gpu": None, "cpu": 7, "date": "2026-12-07"},
+    "ex03_change_of_variables": {"gpu": None, "cpu": 5, "date": "2026-12-07"},
+    "ex04_coupling": {"gpu": None, "cpu": 5, "date": "2026-12-07"},
+    "ex04b_residual": {"gpu": None, "cpu": 7, "date": "2026-12-07"},
+    "ex05_autoregressive": {"gpu": None, "cpu": 5, "date": "2026-12-07"},
+    "ex06_ebm": {"gpu": None, "cpu": 5, "date": "2026-12-07"},
+    "ex07_score_matching": {"gpu": None, "cpu": 5, "date": "2026-12-07"},
 }
 
 
-def _chapter(stem: str) -> str | None:
-    m = re.match(r"^(?:ex)?(\d{2})[a-z]?_", stem)  # 04b_... is a section of chapter 4
-    return m.group(1) if m else None
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return "under a minute"
+    return f"about {max(1, round(seconds / 60))} min"
+
+
+def full_mode_time_text(stem: str) -> str:
+    """What the intro cell says about this notebook's full-mode time: measured on a GPU, or not yet."""
+    t = FULL_MODE_TIMES.get(stem, {})
+    if t.get("gpu") is not None:
+        return f"In full mode this notebook takes **{_duration(t['gpu'])}** on a Colab T4 GPU (measured {t['date']})."
+    text = "Its full-mode time on a Colab T4 GPU has not been measured yet"
+    if t.get("cpu") is not None:
+        text += (f"; on one thread of a 2-core CPU, full mode took **{_duration(t['cpu'])}** "
+                 f"(measured {t['date']})")
+    return text + "."
 
 
 def intro_cell_source(stem: str, ref: str) -> str:
     """The first (Markdown) cell of every .ipynb: how to run it on Colab, the modes, the time it takes."""
-    chapter = _chapter(stem)
-    timing = " Its full-mode time on a Colab T4 GPU has not been measured yet."
-    if chapter in FULL_MODE_TIMES:
-        time, basis = FULL_MODE_TIMES[chapter]
-        timing = (f" Chapter {int(chapter)} (lecture and exercises) takes **{time}** in full mode on a Colab "
-                  f"T4 GPU ({basis}).")
     return (
         "**Running this notebook on Colab.** Run the set-up cell below first: it installs the course "
         f"package `coursekit` at version `{ref}`, the version this notebook was written for, and leaves "
@@ -219,7 +232,7 @@ def intro_cell_source(stem: str, ref: str) -> str:
         "**Mode.** `MODE` in the set-up cell chooses the sizes of every model and training run: "
         "`\"fast\"` (small models, short training: about a minute on a CPU), `\"full\"` (the sizes that give "
         "good results) or `\"auto\"` (the default: **full on a GPU**, fast otherwise). For full mode choose a "
-        "GPU runtime first (*Runtime → Change runtime type → T4 GPU*)." + timing +
+        "GPU runtime first (*Runtime → Change runtime type → T4 GPU*). " + full_mode_time_text(stem) +
         " After changing `MODE`, rerun the set-up cell and `coursekit.setup()`. "
         "(The environment variable `COURSEKIT_MODE`, when set, overrides `MODE`.)"
     )

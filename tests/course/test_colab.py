@@ -20,7 +20,7 @@ import pytest
 
 from coursekit.course.colab import (Bibliography, BookIndex, ConversionError, Converter, make_parser,
                                     myst_leftovers, toc_documents)
-from coursekit.course.notebooks import (INTRO_TAG, PLACEHOLDER_URL, SETUP_TAG, CourseConfig, ReleaseError,
+from coursekit.course.notebooks import (FULL_MODE_TIMES, INTRO_TAG, PLACEHOLDER_URL, SETUP_TAG, CourseConfig, ReleaseError,
                                         expected_files, sync)
 
 BIB = textwrap.dedent("""\
@@ -246,9 +246,13 @@ def test_every_notebook_starts_with_the_intro_and_the_pinned_setup_cell(root, ip
         assert INTRO_TAG in intro["metadata"]["tags"] and SETUP_TAG in setup["metadata"]["tags"]
         text = "".join(intro["source"])
         assert '"auto"' in text and "full on a GPU" in text and cfg.ref in text
-        # the chapter's full-mode time, measured or an estimate with its basis, or an explicit "not measured"
-        timed = re.search(r"takes \*\*[^*]+\*\* in full mode on a Colab T4 GPU \((estimate|measured)[^)]*", text)
-        assert timed or "has not been measured yet" in text, path
+        # the notebook's full-mode time: measured on a GPU, or said not to be, with the CPU time measured
+        stem = path.stem
+        assert stem in FULL_MODE_TIMES, f"{path}: no entry in FULL_MODE_TIMES (coursekit/course/notebooks.py)"
+        gpu = re.search(r"takes \*\*[^*]+\*\* on a Colab T4 GPU \(measured \d{4}-\d\d-\d\d\)", text)
+        cpu = re.search(r"has not been measured yet; on one thread of a 2-core CPU, full mode took \*\*[^*]+\*\* "
+                        r"\(measured \d{4}-\d\d-\d\d\)", text)
+        assert gpu or cpu, f"{path}: the intro cell states no measured full-mode time: {text}"
         src = "".join(setup["source"])
         lines = src.splitlines()
         assert lines[1] == 'MODE = "auto"  #@param ["auto", "fast", "full"]'
