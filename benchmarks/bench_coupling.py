@@ -2,10 +2,16 @@
 
 Two measurements, both never run by the test suite:
 
-* speed (always): training steps per second, log-densities and samples per second, on
-  Gaussian data of dimension ``--dim``;
+* speed (always): training steps per second (Adam on the NLL of one fixed batch), log-densities
+  and samples per second, on Gaussian data of dimension ``--dim``. Timing
+  (``_common.interleaved``): every library runs its operation once per round, in an order that
+  rotates from round to round, after a warm-up; rates are medians over ``--rounds`` rounds, and each
+  peer is compared with coursekit by the median of the per-round speed ratios with its
+  interquartile range ("unresolved" when that range contains 1);
 * test NLL (``--nll``): every library trains the same size of model on scikit-learn's 8x8
   digits with the same loop, budget and data, and is scored on the same test images.
+
+``benchmarks/run_all.py`` runs this script with the others and writes ``benchmarks/RESULTS.md``.
 
 Run it in the environment that has the peer libraries next to the same torch (see
 ``bench_autoregressive.py`` for how to make it; ``--nll`` also needs ``pip install scikit-learn==1.9.1``
@@ -55,7 +61,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's coursekit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import n_params, throughput  # noqa: E402
+from _common import Table, library_speed, n_params, print_tables  # noqa: E402
 
 K = 17  # digits' pixel values 0..16
 
@@ -143,15 +149,40 @@ def digits_nll(name, args, device):
     return test, bits_per_dim(test, 64), n_params(density), seconds, hist.best_step
 
 
-def main(argv=None):
+def speed(args, device) -> Table:
+    x = torch.randn(args.batch, args.dim, generator=torch.Generator().manual_seed(1)).to(device)
+    nice = args.model == "nice"
+    builders = {name: (lambda b=BUILDERS[name]: b(args.dim, args.layers, args.hidden, nice, False))
+                for name in args.libs.split(",")}
+    label = "NICE" if nice else "Real-NVP"
+    title = (f"{label}, p = {args.dim}, {args.layers} coupling layers, MLP hidden ({args.hidden}, {args.hidden}), "
+             f"batch {args.batch}, {device}")
+    return library_speed(title, builders, x, args.steps, args.rounds, args.min_seconds)
+
+
+def nll_table(args, device, libs) -> Table:
+    label = "NICE" if args.model == "nice" else "Real-NVP"
+    table = Table(f"{label} on the 8x8 digits: {args.nll_steps} steps of Adam (lr {args.lr}), batch 128, "
+                  f"seed {args.seed}, {device}",
+                  ["library", "params", "test NLL (nats)", "bits/dim", "kept step", "train s"])
+    for name in libs:
+        nats, bpd, params, seconds, kept = digits_nll(name, args, device)
+        table.rows.append([name, f"{params:,}", f"{nats:.2f}", f"{bpd:.3f}", f"{kept}", f"{seconds:.0f}"])
+    table.notes = [("One seed; every library trained by coursekit's fit_mle with the same data, batches and "
+                    "budget (benchmarks/bench_coupling.py docstring). Training seconds are not interleaved.")]
+    return table
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=["realnvp", "nice"], default="realnvp")
     ap.add_argument("--dim", type=int, default=64, help="dimension for the speed figures")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=20, help="training steps per timed run")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10, help="training steps per timed call")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds of the speed table")
+    ap.add_argument("--min-seconds", type=float, default=0.05, help="repeat a call within a timing up to this")
     ap.add_argument("--nll", action="store_true", help="also train on the digits and report test NLL")
     ap.add_argument("--nll-steps", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -159,36 +190,28 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--libs", default=",".join(BUILDERS))
+    return ap
+
+
+def results(argv=None) -> list[Table]:
+    """Run the benchmark and return its tables (what ``run_all.py`` collects)."""
+    ap = parser()
     args = ap.parse_args(argv)
     if args.dim < 2:
         ap.error(f"--dim must be at least 2 for a coupling layer, got {args.dim}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    label = "NICE" if args.model == "nice" else "Real-NVP"
-    print(f"{label}, {args.layers} coupling layers, MLP hidden=({args.hidden}, {args.hidden}), "
-          f"torch {torch.__version__}, {device}, {args.threads} thread(s)")
-    print(f"\nspeed, p={args.dim}, batch {args.batch}")
-    print(f"{'library':<11}{'params':>9}{'train steps/s':>15}{'log-density /s':>17}{'samples /s':>14}")
-    libs = []
-    for name in args.libs.split(","):
-        try:
-            torch.manual_seed(0)
-            model, log_prob, sample = BUILDERS[name](args.dim, args.layers, args.hidden, args.model == "nice", False)
-        except ImportError as err:
-            print(f"{name:<11}  not installed ({err})")
-            continue
-        libs.append(name)
-        model = model.to(device)
-        x = torch.randn(args.batch, args.dim, device=device)
-        steps, dens, samp = throughput(model, log_prob, sample, x, args.steps, args.repeats)
-        print(f"{name:<11}{n_params(model):>9,}{steps:>15.1f}{dens:>17,.0f}{samp:>14,.0f}")
-    if not args.nll:
-        return
-    print(f"\ndigits 8x8, {args.nll_steps} steps of Adam (lr {args.lr}), batch 128, seed {args.seed}")
-    print(f"{'library':<11}{'params':>9}{'test NLL nats':>15}{'bits/dim':>10}{'kept step':>11}{'train s':>9}")
-    for name in libs:
-        nats, bpd, params, seconds, kept = digits_nll(name, args, device)
-        print(f"{name:<11}{params:>9,}{nats:>15.2f}{bpd:>10.3f}{kept:>11}{seconds:>9.0f}")
+    tables = [speed(args, device)]
+    if args.nll:
+        libs = [row[0] for row in tables[0].rows]
+        tables.append(nll_table(args, device, libs))
+    return tables
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    print(f"torch {torch.__version__}, {args.threads} thread(s)")
+    print_tables(results(argv))
 
 
 if __name__ == "__main__":
