@@ -4,10 +4,12 @@ Each call of :func:`execute` makes a temporary folder, copies the submission's f
 and starts :mod:`coursekit.course.worker` in a new session. On Linux with bubblewrap (``bwrap``)
 the worker runs in a sandbox::
 
-    bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --bind WORK WORK
+    bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp [--ro-bind PY PY] --bind WORK WORK
           --unshare-net --unshare-pid --unshare-ipc --new-session --die-with-parent
 
-no network, a private ``/tmp`` and process namespace, and every file read-only except the copy.
+no network, a private ``/tmp`` and process namespace, and every file read-only except the copy
+(``PY``: the folders of the Python environment and import path that lie under ``/tmp``, if any,
+shown again read-only, so that a course cloned or a venv made under ``/tmp`` still runs).
 Without bwrap (macOS, Windows, a Linux without it) the worker is a plain subprocess and the
 report says so: the notebook can then read and write whatever the grading user can, and use the
 network. Either way, afterwards the whole process group is killed (and, with bwrap, the process
@@ -153,6 +155,22 @@ def _kill_tagged(token: str) -> None:
             pass
 
 
+def _python_paths_in_tmp() -> list[str]:
+    """The folders under ``/tmp`` that this Python needs (its environment, its import path: a course
+    cloned or a venv made under ``/tmp``), outermost only: the sandbox hides ``/tmp`` behind an empty
+    one and shows these again, read-only."""
+    tmp = Path("/tmp").resolve()
+    candidates = {Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent, Path(__file__).parents[2]}
+    candidates |= {Path(p) for p in sys.path if p}
+    inside = sorted({c.resolve() for c in candidates if c.exists() and c.resolve().is_relative_to(tmp)
+                     and c.resolve() != tmp}, key=lambda c: len(c.parts))
+    outer: list[Path] = []
+    for c in inside:
+        if not any(c.is_relative_to(o) for o in outer):
+            outer.append(c)
+    return [str(c) for c in outer]
+
+
 def execute(cells: list[dict], folder: Path, limits: Limits, *, mode: str = "fast", exclude: set[Path] = frozenset(),
             sandbox: bool | None = None) -> Execution:
     """Execute ``cells`` (dicts with ``source`` and ``role``) with a copy of ``folder`` as working directory.
@@ -191,7 +209,8 @@ def execute(cells: list[dict], folder: Path, limits: Limits, *, mode: str = "fas
                          for c in cells]}
         cmd = [sys.executable, "-I", str(WORKER)]
         if bwrap:
-            cmd = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+            keep = [a for p in _python_paths_in_tmp() for a in ("--ro-bind", p, p)]
+            cmd = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *keep,
                    "--bind", str(work), str(work), "--unshare-net", "--unshare-pid", "--unshare-ipc",
                    "--new-session", "--die-with-parent", "--chdir", str(work), *cmd]
         t0 = time.monotonic()
