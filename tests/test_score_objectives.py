@@ -89,10 +89,10 @@ def test_dsm_minimiser_is_the_score_of_the_noised_mixture():
     x = mix.sample(100_000, generator=torch.Generator().manual_seed(3))
     best = mix.noised(sigma)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=x.dtype)
-    j_best = float(denoising_score_matching(best, x, sigma, noise=noise))
+    j_best = float(denoising_score_matching(best, x, sigma, noise=noise).detach())
     x_noisy = x + sigma * noise
     for other in [mix, mix.noised(2 * sigma), GaussianMixture(mix.means + 0.2, mix.stds.sqrt() * 0.6, mix.weights)]:
-        j = float(denoising_score_matching(other, x, sigma, noise=noise))
+        j = float(denoising_score_matching(other, x, sigma, noise=noise).detach())
         gap = float(fisher_divergence(best.score, other.score, x_noisy))  # 1/2 E_{p_sigma}|s - s*|^2
         assert j > j_best
         assert abs((j - j_best) - gap) < 0.05 * gap + 0.01, (j - j_best, gap)
