@@ -153,12 +153,10 @@ def test_math_is_typeset_in_a_headless_browser(html_dir):
 def test_no_warnings_in_executed_outputs(html_dir):
     """No executed cell of the book shows a warning (a UserWarning, a DeprecationWarning, ...) or
     writes to stderr: what a reader sees is what the text explains."""
-    executed = sorted((ROOT / "_build" / "jupyter_execute").rglob("*.ipynb"))
-    assert executed, "no executed notebooks under _build/jupyter_execute: build the book first"
     import nbformat
 
     found = []
-    for path in executed:
+    for path in _executed(html_dir):
         nb = nbformat.read(str(path), as_version=4)
         for index, cell in enumerate(nb.cells):
             for out in cell.get("outputs", []):
@@ -167,3 +165,29 @@ def test_no_warnings_in_executed_outputs(html_dir):
                         r"\b\w*Warning\b:", text):
                     found.append(f"{path.relative_to(ROOT)} cell {index}: {text.strip()[:160]}")
     assert not found, "warnings or stderr in the executed book:\n" + "\n".join(found)
+
+
+def _executed(html_dir: Path) -> list[Path]:
+    """The executed notebooks of the build whose HTML is ``html_dir`` (``<out>/_build/jupyter_execute``)."""
+    executed = sorted((html_dir.parent / "jupyter_execute").rglob("*.ipynb"))
+    assert executed, f"no executed notebooks beside {html_dir}: build the book first"
+    return executed
+
+
+def test_printed_outputs_fit_the_column(html_dir):
+    """Text that a cell prints fits the book's code column (88 characters), like the code itself
+    (tests/test_prose.py): a reader should not scroll sideways to read a result."""
+    import nbformat
+
+    long = []
+    for path in _executed(html_dir):
+        nb = nbformat.read(str(path), as_version=4)
+        for index, cell in enumerate(nb.cells):
+            for out in cell.get("outputs", []):
+                text = out.get("text", "") if out.get("output_type") == "stream" else ""
+                text += (out.get("data") or {}).get("text/plain", "") if "data" in out else ""
+                if "data" in out and "image/png" in out["data"]:
+                    continue  # a figure's text/plain is its repr, which the page does not show
+                long += [f"{path.relative_to(ROOT)} cell {index}: {len(line)}: {line[:100]}"
+                         for line in text.split("\n") if len(line) > 88]
+    assert not long, "printed lines wider than the column (88 characters):\n" + "\n".join(long)
