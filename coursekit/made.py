@@ -180,19 +180,27 @@ class MADE(nn.Module):
         ``update(raw, t)`` is elementwise: ``raw`` holds the ``n_params`` outputs of some coordinates
         along its *first* axis (shape ``(n_params, *t.shape)``) and ``t`` the matching entries of
         ``target`` (``(batch, dim)``). A MAF samples with ``update = exp(alpha) z + m``, an IAF
-        inverts with ``update = exp(-alpha) (x - m)``.
+        inverts with ``update = exp(-alpha) (x - m)``. An ``update`` may also carry a method
+        ``inplace(scratch)``, which returns a function ``f(rows, t, out)`` that writes the same
+        values into ``out`` (``rows``: a tuple of the ``n_params`` output rows; ``scratch``: a row
+        of the shape of ``t`` that ``f`` may overwrite); the solver without autograd then calls
+        ``f`` at every step instead, which saves the allocations of the out-of-place form. With
+        it, an optional ``scale`` (one factor per output parameter) is folded into the last layer,
+        so that ``f`` receives ``scale[j] * raw[j]`` (the returned outputs are unscaled).
 
         Output ``i`` reads only the inputs before ``i``, so the solution comes coordinate by
         coordinate. ``naive=True`` takes ``dim`` full passes (after pass ``k`` the first ``k``
         coordinates are exact), the textbook sampler, kept as the reference. The default is
         incremental: with the hidden units sorted by degree, step ``t`` computes only the units of
-        degree ``t`` of each layer (the ones that ``u_{1:t}`` has just made final; a unit of degree
-        ``d`` reads only units of degree ``<= d`` below it) and the ``n_params`` outputs of
-        coordinate ``t + 1``. Every row of every weight matrix is used once, so the ``dim`` steps
-        together make exactly the multiply-adds of ONE pass; what remains of ``dim`` is the number
-        of small sequential steps. With autograd on (a parameter or ``target`` requires a gradient),
-        the steps are assembled out of place and the result is differentiable; otherwise they
-        write into preallocated buffers (faster).
+        degree ``t`` of each layer (the ones that ``u_{1:t}`` has just made final), each from the
+        units of degree ``<= t`` below it, and the ``n_params`` outputs of coordinate ``t + 1``.
+        Those reads are exactly the unmasked weights, so the ``dim`` steps together make the
+        multiply-adds of ONE pass with the masked products skipped (fewer than a dense pass);
+        what remains of ``dim`` is the number of small sequential steps. With autograd on (a
+        parameter or ``target`` requires a gradient), the steps are assembled out of place and
+        the result is differentiable; otherwise they read and write views of buffers that are
+        built once per batch size, dtype and device and kept for the next call (see
+        :class:`_SolvePlan`), so a step costs a handful of kernel calls and nothing else.
 
         >>> import torch
         >>> net = MADE(4, hidden=(8, 8), n_params=2, order="random", seed=0).double()
@@ -211,79 +219,57 @@ class MADE(nn.Module):
                 out = self(u)
                 u = update(out.movedim(-2, 0), target)
             return u, out
-        plan = self._plan(target)
         grad = torch.is_grad_enabled() and (target.requires_grad or any(q.requires_grad for q in self.parameters()))
-        steps = self._steps_autograd if grad else self._steps_inplace
-        u_steps, out_steps = steps(plan, update, target)
-        rank = plan["rank"]  # coordinate j was solved at step rank[j]
-        u = u_steps[rank].T.contiguous()
-        out = out_steps.view(self.dim, self.n_params, -1)[rank].permute(2, 1, 0).contiguous()
+        if grad:
+            u_steps, out_steps, rank = self._steps_autograd(update, target)
+            scale = None
+        else:
+            with torch.no_grad():
+                plan = self._solve_plan(target)
+                u_steps, out_steps, scale = plan.run(self, update, target)
+            rank = plan.rank
+        # coordinate j was solved at step rank[j]; index_select copies, so no buffer escapes
+        u = u_steps.T.index_select(1, rank)
+        out = out_steps.view(self.dim, self.n_params, -1).permute(2, 1, 0).index_select(2, rank)
+        if scale is not None:
+            out = out / scale[:, None]
         return u, out
 
-    def _plan(self, like: Tensor) -> dict:
-        """Weights with the hidden units sorted by degree and the outputs by step (recomputed per
-        call: it costs one gather per layer, and sampling usually runs without gradients, so nothing
-        needs caching or invalidating)."""
-        p, k = self.dim, self.n_params
-        degrees = made_degrees(self.order.cpu(), self.hidden)
-        linears = [m for m in self.net if isinstance(m, MaskedLinear)]
-        acts = [m for m in self.net if not isinstance(m, MaskedLinear)]
-        order = self.order
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(p, device=order.device)
-        cols = order  # inputs in generation order: input of step s has degree s + 1
-        weights, biases, counts = [], [], []
-        for lin, d_h in zip(linears[:-1], degrees[1:]):
-            perm = torch.argsort(d_h, stable=True).to(order.device)
-            w = (lin.weight * lin.mask)[perm][:, cols]
-            b = lin.bias[perm] if lin.bias is not None else w.new_zeros(w.shape[0])
-            weights.append(w)
-            biases.append(b)
-            counts.append(torch.bincount(d_h, minlength=p).tolist())  # units of degree 0..p-1
-            cols = perm
-        lin = linears[-1]
-        rows = (torch.arange(k, device=order.device)[None, :] * p + order[:, None]).flatten()  # step-major
-        w = (lin.weight * lin.mask)[rows][:, cols]
-        b = lin.bias[rows] if lin.bias is not None else w.new_zeros(w.shape[0])
-        weights.append(w)
-        biases.append(b)
-        return {"weights": weights, "biases": biases, "counts": counts, "acts": acts, "rank": rank}
+    def _solve_plan(self, target: Tensor) -> _SolvePlan:
+        key = _SolvePlan.key(self, target)
+        plan = self.__dict__.get("_plan_cache")
+        if plan is None or plan.key != key:
+            plan = _SolvePlan(self, target, key)
+            # kept for the next call unless its buffers are large (then rebuilding costs little
+            # next to the arithmetic, and holding them would keep memory for nothing)
+            self.__dict__["_plan_cache"] = plan if plan.numel <= _SolvePlan.KEEP_NUMEL else None
+        return plan
 
-    def _steps_inplace(self, plan: dict, update, target: Tensor) -> tuple[Tensor, Tensor]:
-        # Every step multiplies its rows by the WHOLE (zero-initialised) buffer below: the columns
-        # not yet computed meet masked (zero) weights, and skipping the column slices saves more
-        # time than the extra multiply-adds cost (the steps are latency-bound).
-        p, k, n = self.dim, self.n_params, target.shape[0]
-        weights, biases, counts, acts = plan["weights"], plan["biases"], plan["counts"], plan["acts"]
-        with torch.no_grad():
-            t_rows = target.T[self.order].unbind(0)  # target in step order, (n,) each
-            u = target.new_zeros(p, n)
-            u_rows = u.unbind(0)
-            bufs = [target.new_zeros(w.shape[0], n) for w in weights[:-1]]
-            layers = []
-            for w, b, c, buf, act in zip(weights[:-1], biases[:-1], counts, bufs, acts):
-                layers.append((w.split(c), b[:, None].split(c), buf.split(c), c, _inplace(act)))
-            out = target.new_zeros(p * k, n)
-            heads = (weights[-1].split(k), biases[-1][:, None].split(k), out.split(k))
-            for t in range(p):
-                below = u
-                for (w_t, b_t, h_t, c, act), buf in zip(layers, bufs):
-                    if c[t]:
-                        act(torch.addmm(b_t[t], w_t[t], below, out=h_t[t]))
-                    below = buf
-                raw = torch.addmm(heads[1][t], heads[0][t], below, out=heads[2][t])
-                u_rows[t].copy_(update(raw, t_rows[t]))
-        return u, out
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_plan_cache", None)  # buffers, rebuilt on demand: not part of the model
+        return state
 
-    def _steps_autograd(self, plan: dict, update, target: Tensor) -> tuple[Tensor, Tensor]:
+    def _sorted(self) -> tuple[list[Tensor], list[Tensor], list[list[int]], Tensor]:
+        """Differentiable weights and biases with hidden units sorted by degree and outputs by step,
+        the cumulative unit counts per degree of each hidden layer, and the step of each coordinate
+        (:func:`_sort_indices`)."""
+        idx = _sort_indices(self)
+        linears = self._linears()
+        weights = [lin.weight.flatten()[i.to(lin.weight.device)] for lin, i in zip(linears, idx["weight"])]
+        biases = [lin.bias[i.to(lin.bias.device)] for lin, i in zip(linears, idx["bias"])]
+        return weights, biases, idx["starts"], idx["rank"]
+
+    def _steps_autograd(self, update, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # Out of place, so that autograd sees every step: the rows of degree t read the prefix of
         # the layer below (its units of degree <= t, contiguous after sorting).
         p, k, n = self.dim, self.n_params, target.shape[0]
-        weights, biases, counts, acts = plan["weights"], plan["biases"], plan["counts"], plan["acts"]
+        weights, biases, starts, rank = self._sorted()
+        acts = [m for m in self.net if not isinstance(m, MaskedLinear)]
+        rank = rank.to(target.device)
         t_rows = target.T[self.order].unbind(0)
-        starts = [[0] + torch.tensor(c).cumsum(0).tolist() for c in counts]
         u_rows, out_rows = [], []
-        hidden = [[] for _ in counts]
+        hidden = [[] for _ in starts]
         for t in range(p):
             below = torch.stack(u_rows) if u_rows else target.new_zeros(0, n)
             width = t  # inputs of degree <= t
@@ -296,7 +282,10 @@ class MADE(nn.Module):
             raw = torch.addmm(biases[-1][t * k : (t + 1) * k, None], weights[-1][t * k : (t + 1) * k, :width], below)
             out_rows.append(raw)
             u_rows.append(update(raw, t_rows[t]))
-        return torch.stack(u_rows), torch.cat(out_rows)
+        return torch.stack(u_rows), torch.cat(out_rows), rank
+
+    def _linears(self) -> list[MaskedLinear]:
+        return [m for m in self.net if isinstance(m, MaskedLinear)]
 
     @property
     def masks(self) -> list[Tensor]:
@@ -316,3 +305,124 @@ class MADE(nn.Module):
         order = self.order.tolist()
         shown = order if len(order) <= 10 else order[:5] + ["..."] + order[-2:]
         return f"dim={self.dim}, hidden={self.hidden}, n_params={self.n_params}, order={shown}"
+
+
+def _sort_indices(made: MADE) -> dict:
+    """Where each weight of ``made`` goes when hidden units are sorted by degree (stably), input
+    columns come in generation order and output rows step by step (step ``s``: the ``n_params``
+    outputs of the coordinate of degree ``s + 1``). Static for a given order and hidden sizes.
+
+    Returns flat indices into each layer's weight and bias, the cumulative unit counts per degree
+    of each hidden layer (``starts[l][d]`` = number of units of degree ``< d``) and the step
+    ``rank[j]`` at which coordinate ``j`` is solved.
+    """
+    p, k = made.dim, made.n_params
+    order = made.order.cpu()
+    degrees = made_degrees(order, made.hidden)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(p)
+    linears = made._linears()
+    weight, bias, starts = [], [], []
+    cols = order
+    for lin, d_h in zip(linears[:-1], degrees[1:]):
+        rows = torch.argsort(d_h, stable=True)
+        weight.append(rows[:, None] * lin.in_features + cols[None, :])
+        bias.append(rows)
+        starts.append([0] + torch.bincount(d_h, minlength=p).cumsum(0).tolist())
+        cols = rows
+    rows = (torch.arange(k)[None, :] * p + order[:, None]).flatten()
+    weight.append(rows[:, None] * linears[-1].in_features + cols[None, :])
+    bias.append(rows)
+    return {"weight": weight, "bias": bias, "starts": starts, "rank": rank}
+
+
+class _SolvePlan:
+    """The state of :meth:`MADE.solve`'s in-place steps for one batch size, dtype and device.
+
+    Buffers, each with a first row of ones (so that a bias is one more column of its weight and
+    every step is a plain matrix product, not a product plus a broadcast add): the solution in
+    step order, one block per hidden layer; then the targets in step order and the raw outputs.
+    The weights, sorted as in :func:`_sort_indices` with the bias as column 0, are refreshed
+    from the parameters at every call (one gather per layer), so training between calls needs
+    no invalidation. Per step ``t``, the views that step reads and writes: for each hidden layer,
+    its units of degree ``t`` (a block of rows of the sorted weight) against the units of degree
+    ``<= t`` below (a prefix of the buffer below), then the outputs of step ``t`` against the
+    prefix of the last hidden layer. Each view reads only unmasked weights, so no mask is applied
+    at all. Creating a view costs about a microsecond, and a network needs several hundred: that
+    is why the plan is kept (by the MADE, for its last batch size) rather than rebuilt per call.
+    """
+
+    KEEP_NUMEL = 1 << 22  # buffers up to 4M numbers (16 MB in float32) stay cached between calls
+
+    @staticmethod
+    def key(made: MADE, target: Tensor) -> tuple:
+        order = made.order
+        return (target.shape[0], target.dtype, target.device, order.data_ptr(), order._version,
+                torch.is_inference_mode_enabled())
+
+    def __init__(self, made: MADE, target: Tensor, key: tuple):
+        p, k, n = made.dim, made.n_params, target.shape[0]
+        like = {"dtype": target.dtype, "device": target.device}
+        idx = _sort_indices(made)
+        self.key = key
+        self.rank = idx["rank"].to(target.device)
+        self.weight_idx = [i.to(target.device) for i in idx["weight"]]
+        self.bias_idx = [i[:, None].to(target.device) for i in idx["bias"]]
+        self.weights = [torch.empty(i.shape[0], 1 + i.shape[1], **like) for i in self.weight_idx]
+        self.u = torch.empty(1 + p, n, **like)
+        self.hidden = [torch.empty(1 + h, n, **like) for h in made.hidden]
+        for buf in (self.u, *self.hidden):
+            buf[0] = 1.0
+        self.targets = torch.empty(p, n, **like)
+        self.out = torch.empty(p * k, n, **like)
+        self.scratch = torch.empty(n, **like)
+        self.numel = sum(b.numel() for b in [self.targets, self.u, self.out, *self.hidden])
+        acts = [_inplace(m) for m in made.net if not isinstance(m, MaskedLinear)]
+        layers = list(zip(self.weights[:-1], self.hidden, idx["starts"], acts))
+        head = zip(self.weights[-1].split(k), self.out.split(k))
+        steps = []
+        for t, (t_row, u_row, (hw, ho)) in enumerate(zip(self.targets.unbind(0), self.u[1:].unbind(0), head)):
+            calls = []
+            below, width = self.u, t  # the inputs of degree <= t (after the ones row)
+            for w, h, s, act in layers:
+                lo, hi = s[t], s[t + 1]  # the units of degree t
+                if hi > lo:
+                    calls.append((w[lo:hi, : 1 + width], below[: 1 + width], h[1 + lo : 1 + hi], act))
+                below, width = h, s[t + 1]
+            steps.append((tuple(calls), (hw[:, : 1 + width], below[: 1 + width], ho), ho.unbind(0), t_row, u_row))
+        self.steps = steps
+
+    def run(self, made: MADE, update, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The solution and the raw outputs, both in step order (rows), in the plan's buffers, and
+        the factors folded into the outputs (``update.scale``, or None)."""
+        for lin, w, wi, bi in zip(made._linears(), self.weights, self.weight_idx, self.bias_idx):
+            if lin.weight.dtype != target.dtype:
+                raise TypeError(
+                    f"MADE.solve: the network is {lin.weight.dtype} and the target {target.dtype}; "
+                    "convert one of them (e.g. made.to(target.dtype))"
+                )
+            torch.take(lin.weight, wi, out=w[:, 1:])
+            if lin.bias is None:
+                w[:, 0].zero_()
+            else:
+                torch.take(lin.bias, bi, out=w[:, :1])
+        torch.index_select(target.T, 0, made.order, out=self.targets)
+        mm = torch.mm
+        if not hasattr(update, "inplace"):
+            for calls, (hw, hx, ho), _, t_row, u_row in self.steps:
+                for w, x, h, act in calls:
+                    act(mm(w, x, out=h))
+                u_row.copy_(update(mm(hw, hx, out=ho), t_row))
+            return self.u[1:], self.out, None
+        scale = None
+        if getattr(update, "scale", None) is not None:
+            scale = torch.tensor(update.scale, dtype=target.dtype).to(target.device, non_blocking=True)
+            head = self.weights[-1]
+            head.view(-1, scale.numel(), head.shape[1]).mul_(scale[:, None])
+        step = update.inplace(self.scratch)
+        for calls, (hw, hx, ho), rows, t_row, u_row in self.steps:
+            for w, x, h, act in calls:
+                act(mm(w, x, out=h))
+            mm(hw, hx, out=ho)
+            step(rows, t_row, u_row)
+        return self.u[1:], self.out, scale

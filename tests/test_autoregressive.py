@@ -229,12 +229,13 @@ def _sequential_directions():
         ("MAF forward", MAF(6, hidden=(16, 12), order="random", seed=1), "forward"),
         ("IAF inverse", iaf, "inverse"),
         ("MAF.from_iaf forward", MAF.from_iaf(iaf), "forward"),
+        ("IAF.from_maf inverse", IAF.from_maf(MAF(6, hidden=(16, 12), order="reversed")), "inverse"),
         ("SigmoidAR-x forward", SigmoidAR(6, hidden=(12,), order="reversed"), "forward"),
         ("SigmoidAR-z inverse", SigmoidAR(6, hidden=(12,), condition_on="z", order="random", seed=2), "inverse"),
     ]
 
 
-@pytest.mark.parametrize("case", range(5), ids=[c[0] for c in _sequential_directions()])
+@pytest.mark.parametrize("case", range(6), ids=[c[0] for c in _sequential_directions()])
 @pytest.mark.parametrize("batch", [1, 5])
 def test_incremental_sequential_direction_matches_naive(case, batch):
     _, layer, direction = _sequential_directions()[case]

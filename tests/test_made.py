@@ -153,19 +153,80 @@ def test_incremental_solve_float32_and_gradients(dim, hidden, n_params, order, a
 
 
 def test_incremental_solve_makes_one_pass_of_multiply_adds():
+    """The steps read every unmasked weight once per sample and no masked one: the multiply-adds of
+    one pass with the masked products skipped (a dense pass makes all of them). The in-place steps
+    fold each bias in as one more column (one multiply-add per unit and sample)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     net = _random_made(16, (32, 32), 2, "random", dtype=torch.float32)
     z = torch.randn(64, 16)
+    unmasked = sum(int(m.sum()) for m in net.masks)
+    dense = sum(m.numel() for m in net.masks)
+    units = sum(m.shape[0] for m in net.masks)
     counts = {}
-    with torch.no_grad():
-        for name, fn in {"pass": lambda: net(z), "incremental": lambda: net.solve(_affine, z),
-                         "naive": lambda: net.solve(_affine, z, naive=True)}.items():
-            with FlopCounterMode(display=False) as fc:
+    for name, fn in {"pass": lambda: net(z), "incremental": lambda: net.solve(_affine, z),
+                     "naive": lambda: net.solve(_affine, z, naive=True)}.items():
+        for grad in (False, True):  # in place (buffers) and out of place (autograd)
+            with torch.set_grad_enabled(grad), FlopCounterMode(display=False) as fc:
                 fn()
-            counts[name] = fc.get_total_flops()
-    assert counts["incremental"] == counts["pass"]
-    assert counts["naive"] == 16 * counts["pass"]
+            counts[name, grad] = fc.get_total_flops()
+    for grad in (False, True):
+        assert counts["pass", grad] == 2 * 64 * dense
+        assert counts["incremental", grad] == 2 * 64 * (unmasked + (0 if grad else units)) < counts["pass", grad]
+        assert counts["naive", grad] == 16 * counts["pass", grad]
+
+
+def test_solve_buffers_follow_the_weights_batch_dtype_and_order():
+    """The in-place steps keep their buffers between calls (MADE._solve_plan): every later call must
+    still solve the current network, whatever changed in between, and return fresh tensors."""
+    import copy
+    import pickle
+
+    net = _random_made(7, (9, 8), 2, "random")
+
+    def check(z):
+        with torch.no_grad():
+            x, out = net.solve(_affine, z)
+            x_ref, out_ref = net.solve(_affine, z, naive=True)
+        torch.testing.assert_close(x, x_ref, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(out, out_ref, atol=1e-12, rtol=1e-12)
+        return x
+
+    z = torch.randn(5, 7, dtype=torch.float64)
+    first = check(z)
+    kept = first.clone()
+    with torch.no_grad():  # an optimiser step: parameters change in place
+        for q in net.parameters():
+            q.add_(0.3 * torch.randn_like(q))
+    second = check(z)
+    assert not torch.allclose(second, first)
+    torch.testing.assert_close(first, kept, atol=0, rtol=0)  # no returned tensor aliases a buffer
+    check(torch.randn(3, 7, dtype=torch.float64))  # another batch size
+    check(z)  # and back
+    # another order, loaded into the same module (buffers copied in place)
+    other = _random_made(7, (9, 8), 2, "reversed")
+    net.load_state_dict(other.state_dict())
+    torch.testing.assert_close(check(z), other.solve(_affine, z, naive=True)[0], atol=1e-12, rtol=1e-12)
+    net.float()  # another dtype
+    with torch.no_grad():
+        x32, _ = net.solve(_affine, z.float())
+        torch.testing.assert_close(x32, net.solve(_affine, z.float(), naive=True)[0], atol=1e-4, rtol=1e-4)
+    net.double()
+    with torch.inference_mode():  # buffers made in inference mode must not leak into plain no_grad calls
+        check(z)
+    check(z)
+    # the cached buffers are not part of the model
+    for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert "_plan_cache" not in clone.__dict__
+        with torch.no_grad():
+            torch.testing.assert_close(clone.solve(_affine, z)[0], check(z), atol=1e-12, rtol=1e-12)
+    # large batches are solved without keeping their buffers
+    with torch.no_grad():
+        net.solve(_affine, torch.randn(2**17, 7, dtype=torch.float64))
+    assert net.__dict__.get("_plan_cache") is None
+    with pytest.raises(TypeError, match="network is torch.float64 and the target torch.float32"):
+        with torch.no_grad():
+            net.solve(_affine, z.float())
 
 
 def test_solve_rejects_a_wrong_target():

@@ -233,9 +233,10 @@ class Flow(nn.Module):
         return self.transform.inverse(x)[0]
 
     def sample(self, n: int) -> Tensor:
-        """n samples X = T(Z), Z ~ nu_0 (no gradient)."""
+        """n samples X = T(Z), Z ~ nu_0 (no gradient; the base log-density is not evaluated)."""
+        V.positive_int("n (the number of samples)", n)
         with torch.no_grad():
-            return self.rsample(n)
+            return self.transform.forward(self.base.sample((n,)))[0]
 
     def rsample(self, n: int) -> Tensor:
         """n reparametrised samples (gradients flow to the parameters)."""
