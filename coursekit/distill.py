@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from . import _validate as V
-from .flows.base import Flow, set_validation, validation_enabled
+from .flows.base import Flow, values_checked
 from .train import History, TrainingGuard, progress
 
 __all__ = ["distill", "kl_estimate"]
@@ -73,18 +73,6 @@ def _frozen(teacher: Flow):
     finally:
         for p, f in zip(teacher.parameters(), flags):
             p.requires_grad_(f)
-
-
-@contextmanager
-def _unchecked():
-    # Inside the loop the teacher's input is the student's own sample: a NaN there means the
-    # student diverged, which the guard reports as TrainingDiverged (not as a bad-input error).
-    old = validation_enabled()
-    set_validation(False)
-    try:
-        yield
-    finally:
-        set_validation(old)
 
 
 def distill(
@@ -130,11 +118,11 @@ def distill(
         student.train()
         for step in (bar := progress(range(steps), desc=desc)):
             run.step = step
-            with _unchecked():
+            # the teacher's input is the student's own sample: a NaN there means the student
+            # diverged, which the guard reports as TrainingDiverged (not as a bad-input error)
+            with values_checked():
                 kl = _kl(student, teacher, batch_size)
-            value = float(kl.detach())
-            run.observe(step, value)
-            history.append(value)
+            run.observe(step, kl.detach())  # read back at the guard's checkpoints, not every step
             opt.zero_grad(set_to_none=True)
             kl.backward()
             if max_grad_norm is not None:
@@ -142,8 +130,8 @@ def distill(
             opt.step()
             if schedule is not None:
                 schedule.step()
-            if step % 25 == 0:
-                bar.set_postfix(kl=f"{history[-1]:.3f}")
+            if step % 25 == 0 and run.last is not None:
+                bar.set_postfix(kl=f"{run.last:.3f}")
         run.step = steps
         run.finish()
     student.eval()

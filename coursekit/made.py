@@ -247,18 +247,28 @@ class MADE(nn.Module):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_plan_cache", None)  # buffers, rebuilt on demand: not part of the model
+        for cache in ("_plan_cache", "_index_cache"):  # rebuilt on demand: not part of the model
+            state.pop(cache, None)
         return state
 
     def _sorted(self) -> tuple[list[Tensor], list[Tensor], list[list[int]], Tensor]:
         """Differentiable weights and biases with hidden units sorted by degree and outputs by step,
         the cumulative unit counts per degree of each hidden layer, and the step of each coordinate
-        (:func:`_sort_indices`)."""
-        idx = _sort_indices(self)
+        (:func:`_sort_indices`, kept on the weights' device per order: a training loop through
+        the sequential direction then reads nothing back from the device)."""
+        order = self.order
+        key = (order.data_ptr(), order._version, order.device)
+        cached = self.__dict__.get("_index_cache")
+        if cached is None or cached[0] != key:
+            idx = _sort_indices(self)
+            moved = {k: [i.to(order.device) for i in v] for k, v in idx.items() if k in ("weight", "bias")}
+            cached = (key, moved, idx["starts"], idx["rank"].to(order.device))
+            self.__dict__["_index_cache"] = cached
+        _, idx, starts, rank = cached
         linears = self._linears()
-        weights = [lin.weight.flatten()[i.to(lin.weight.device)] for lin, i in zip(linears, idx["weight"])]
-        biases = [lin.bias[i.to(lin.bias.device)] for lin, i in zip(linears, idx["bias"])]
-        return weights, biases, idx["starts"], idx["rank"]
+        weights = [lin.weight.flatten()[i] for lin, i in zip(linears, idx["weight"])]
+        biases = [lin.bias[i] for lin, i in zip(linears, idx["bias"])]
+        return weights, biases, starts, rank
 
     def _steps_autograd(self, update, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # Out of place, so that autograd sees every step: the rows of degree t read the prefix of
@@ -266,7 +276,6 @@ class MADE(nn.Module):
         p, k, n = self.dim, self.n_params, target.shape[0]
         weights, biases, starts, rank = self._sorted()
         acts = [m for m in self.net if not isinstance(m, MaskedLinear)]
-        rank = rank.to(target.device)
         t_rows = target.T[self.order].unbind(0)
         u_rows, out_rows = [], []
         hidden = [[] for _ in starts]

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from . import _validate as V
+from .flows.base import values_checked
 
 __all__ = ["History", "TrainingDiverged", "TrainingGuard", "guard", "progress", "fit_mle", "fit_reverse_kl"]
 
@@ -51,19 +52,24 @@ class TrainingGuard:
     """The fail-safe shared by every trainer: divergence detection, snapshots, restore on failure.
 
     Use it as a context manager around the loop and call :meth:`observe` with each step's loss
-    (already a Python float: the loop synchronises for it anyway)::
+    before the optimiser step, as a tensor (kept on the device; the guard reads all the losses
+    of a window at once, at the next checkpoint, so the loop never waits for the device) or as
+    a Python float (checked at once)::
 
         with TrainingGuard(model, history, "negative log-likelihood", advice) as run:
             for step in range(steps):
                 loss = ...
-                run.observe(step, float(loss))   # before the optimiser step
+                run.observe(step, loss.detach())   # the guard appends it to history later
                 ...optimiser step...
+            run.finish()
 
     **Divergence rule.** Every ``check_every`` steps (a *checkpoint*) the guard looks at the
     losses of the window since the previous checkpoint and stops with
     :class:`TrainingDiverged` when
 
-    * a loss is NaN or infinite (checked at every step, as :func:`guard` does);
+    * a loss is NaN or infinite (a float at once, as :func:`guard` does; a tensor at the
+      checkpoint, which names the first bad step: the steps after it, at most ``check_every - 1``,
+      were computed and are thrown away with the restore);
     * the *smallest* loss of the window exceeds the best loss seen so far by more than
       ``max(10, p, 3 |best|)`` nats, ``p`` the model's event size (``rule=True`` only): a
       sustained rise, not a noisy batch (the window's minimum ignores spikes shorter than the
@@ -75,8 +81,14 @@ class TrainingGuard:
 
     **Snapshots.** At every checkpoint whose checks pass and whose current loss is itself
     within the margin, the parameters (``state_dict``, copied on their device: no host
-    transfer) are kept: the last *checked* state. The parameter norm is the only extra host
-    synchronisation, once per checkpoint.
+    transfer) are kept: the last *checked* state. A checkpoint reads the window's losses and
+    the parameter norm from the device in one transfer: one host synchronisation per
+    ``check_every`` steps, none in between.
+
+    **Losses as tensors.** They are appended to ``history`` (which must then be a list) as
+    Python floats at each checkpoint, and :attr:`last` holds the latest. ``inputs_finite``
+    (a boolean tensor, e.g. ``torch.isfinite(batch).all()``) lets the guard tell a bad batch
+    (a ``ValueError`` naming the step) from a diverging model.
 
     **On any exception** (divergence, an error in the user's callback, ``KeyboardInterrupt``)
     the model gets back the best state known: with validation (:meth:`keep_best`) the best on
@@ -98,6 +110,8 @@ class TrainingGuard:
         self.snapshot: tuple[int, dict] | None = None
         self.best_val: tuple[float, int, dict] | None = None
         self.step = -1
+        self.last: float | None = None  # the latest loss read back from the device
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
 
     # -- rule
     def margin(self) -> float:
@@ -108,32 +122,92 @@ class TrainingGuard:
         self.best = math.inf
         self.window = []
 
-    def _param_norm(self) -> float:
+    def _param_norm_tensor(self) -> torch.Tensor | None:
         norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in self.model.parameters()]
-        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
+
+    def _param_norm(self) -> float:
+        norm = self._param_norm_tensor()
+        return 0.0 if norm is None else float(norm)
 
     def _diverged(self, message: str) -> TrainingDiverged:
         return TrainingDiverged(f"training stopped at step {self.step}: {message}. "
                                 f"{self.advice or 'Lower the learning rate or clip gradients.'}")
 
-    def _check_params(self) -> None:
-        norm = self._param_norm()
+    def _check_params(self, norm: float | None = None) -> None:
+        norm = self._param_norm() if norm is None else norm
         if not math.isfinite(norm):
             raise self._diverged("a parameter is NaN or infinite")
         if norm > 1000.0 * (1.0 + self.norm0):
             raise self._diverged(f"the parameters blew up (norm {norm:.3g}, from {self.norm0:.3g} at the start)")
 
-    def observe(self, step: int, value: float) -> None:
+    def observe(self, step: int, value: float | torch.Tensor, inputs_finite: torch.Tensor | None = None) -> None:
         """Record step ``step``'s loss (computed with the current parameters, before they are
-        updated); raise on a NaN/inf loss; run the checkpoint every ``check_every`` steps."""
+        updated) and run the checkpoint every ``check_every`` steps. A float is checked at once
+        (NaN/inf raise); a tensor waits on the device for the checkpoint (see the class)."""
         self.step = step
+        if isinstance(value, torch.Tensor):
+            self._pending.append((step, value.detach().reshape(()), inputs_finite))
+            if step % self.check_every == 0:
+                self.checkpoint(snapshot=True)
+            return
         if not math.isfinite(value):
             raise self._diverged(f"the {self.what} is {value!r}")
         self.window.append(value)
+        self.last = value
         if step % self.check_every == 0:
             self.checkpoint(snapshot=True)
 
+    def _read_pending(self) -> float | None:
+        """Read the pending losses (and input flags) and the parameter norm in one transfer;
+        check them step by step; return the norm (None without pending losses)."""
+        if not self._pending:
+            return None
+        pending, self._pending = self._pending, []
+        parts = [v.to(torch.float64) for _, v, _ in pending]
+        flags = [(i, f) for i, (_, _, f) in enumerate(pending) if f is not None]
+        parts += [f.to(torch.float64).reshape(()) for _, f in flags]
+        norm = self._param_norm_tensor()
+        if norm is not None:
+            parts.append(norm)
+        device = parts[0].device
+        host = torch.stack([t.to(device) for t in parts]).tolist()  # the one synchronisation
+        bad_inputs = {i for (i, _), ok in zip(flags, host[len(pending):]) if not ok}
+        read_at = self.step
+        later = f" (read back at step {read_at}; the steps after it are discarded)"
+        for i, (step, _, _) in enumerate(pending):
+            value = host[i]
+            if i in bad_inputs:
+                self.step = step
+                raise ValueError(f"training stopped at step {step}: its batch contains NaN or infinite values "
+                                 "(after the batch transform); check the transform and the data"
+                                 + (later if step != read_at else ""))
+            if not math.isfinite(value):
+                self.step = step
+                raise self._diverged(f"the {self.what} is {value!r}" + (later if step != read_at else ""))
+            self.window.append(value)
+            self.last = value
+            if self.history is not None:
+                self.history.append(value)
+        return host[-1] if norm is not None else 0.0
+
+    def _drain(self) -> None:
+        """After an exception: the pending losses that are finite, up to the first that is not,
+        go to ``history`` unchecked (no rule, no error)."""
+        pending, self._pending = self._pending, []
+        if not pending or self.history is None:
+            return
+        try:
+            values = torch.stack([v.to(torch.float64) for _, v, _ in pending]).tolist()
+        except Exception:  # noqa: BLE001 - the device itself may have failed: keep the first error
+            return
+        for value in values:
+            if not math.isfinite(value):
+                break
+            self.history.append(value)
+
     def checkpoint(self, snapshot: bool = True) -> None:
+        norm = self._read_pending()
         if self.window and self.rule:
             low = min(self.window)
             if self.best < math.inf and low > self.best + self.margin():
@@ -143,7 +217,7 @@ class TrainingGuard:
             self.best = min(self.best, low)
         current = self.window[-1] if self.window else None
         self.window = []
-        self._check_params()
+        self._check_params(norm)
         healthy = current is None or not self.rule or current <= self.best + self.margin()
         if snapshot and healthy:
             self.snapshot = (self.step, _copy_state(self.model))
@@ -183,6 +257,7 @@ class TrainingGuard:
         h = self.history
         try:
             if exc is not None:
+                self._drain()
                 restored = self._restore()
                 if h is not None:
                     h.stopped_at = self.step
@@ -341,20 +416,21 @@ def fit_mle(flow, data: torch.Tensor, steps: int = 1000, batch_size: int = 256, 
     gen.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
     advice = ("Lower the learning rate (lr), enable gradient clipping (clip=...), "
               "or standardise the data (flows with a standard normal base expect data of scale ~1).")
-    with TrainingGuard(flow, history, "negative log-likelihood", advice) as run:
+    # The data were checked once (finite, right shape); the losses stay on the device until the
+    # guard's checkpoints, so the loop never waits for the device (see TrainingGuard).
+    with TrainingGuard(flow, history, "negative log-likelihood", advice) as run, values_checked():
         opt = optimizer or torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay)
         flow.train()
         bar = progress(range(steps), total=steps, desc=desc)
         for step in bar:
             run.step = step
             idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen, device=dev)
-            loss = -flow.log_prob(_batch(data[idx], transform, "data")).mean()
-            value = float(loss.detach())
-            run.observe(step, value)
+            batch = _batch(data[idx], transform, "data")
+            loss = -flow.log_prob(batch).mean()
+            run.observe(step, loss.detach(), None if transform is None else torch.isfinite(batch).all())
             _step(opt, loss, flow, clip)
-            history.append(value)
-            if step % 50 == 0:
-                bar.set_postfix(nll=f"{value:.3f}")
+            if step % 50 == 0 and run.last is not None:
+                bar.set_postfix(nll=f"{run.last:.3f}")
             if val is not None and ((step + 1) % val_every == 0 or step + 1 == steps):
                 flow.eval()
                 with torch.no_grad():
@@ -434,7 +510,7 @@ def fit_reverse_kl(flow, log_target: Callable[[torch.Tensor], torch.Tensor], ste
     history = History()
     advice = ("Lower the learning rate (lr), anneal the target (anneal=...), or clip gradients; "
               "check that log_target is finite everywhere the flow can put mass.")
-    with TrainingGuard(flow, history, "reverse-KL loss", advice) as run:
+    with TrainingGuard(flow, history, "reverse-KL loss", advice) as run, values_checked():
         opt = optimizer or torch.optim.Adam(flow.parameters(), lr=lr)
         flow.train()
         bar = progress(range(steps), total=steps, desc=desc)
@@ -442,6 +518,7 @@ def fit_reverse_kl(flow, log_target: Callable[[torch.Tensor], torch.Tensor], ste
             run.step = step
             beta = min(1.0, 0.01 + step / anneal) if anneal else 1.0
             if anneal and step == anneal:
+                run.checkpoint(snapshot=False)  # the annealed losses are read and judged without the rule
                 run.reset_best()  # the objective is fixed from here on
             x, log_q = flow.rsample_and_log_prob(n_samples)
             lt = log_target(x)
@@ -449,13 +526,11 @@ def fit_reverse_kl(flow, log_target: Callable[[torch.Tensor], torch.Tensor], ste
                 got = tuple(lt.shape) if isinstance(lt, torch.Tensor) else type(lt).__name__
                 raise ValueError(f"log_target returned shape {got}, expected ({n_samples},): one value per sample")
             loss = (log_q - beta * lt).mean()
-            value = float(loss.detach())
             run.rule = not anneal or step >= anneal
-            run.observe(step, value)
+            run.observe(step, loss.detach())
             _step(opt, loss, flow, clip)
-            history.append(value)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{value:.3f}")
+            if step % 50 == 0 and run.last is not None:
+                bar.set_postfix(loss=f"{run.last:.3f}")
         run.step = steps
         run.finish()
     flow.eval()

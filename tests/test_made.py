@@ -190,6 +190,8 @@ def test_solve_buffers_follow_the_weights_batch_dtype_and_order():
             x_ref, out_ref = net.solve(_affine, z, naive=True)
         torch.testing.assert_close(x, x_ref, atol=1e-12, rtol=1e-12)
         torch.testing.assert_close(out, out_ref, atol=1e-12, rtol=1e-12)
+        if not torch.is_inference_mode_enabled():  # the autograd steps keep their indices too
+            torch.testing.assert_close(net.solve(_affine, z)[0], x_ref, atol=1e-12, rtol=1e-12)
         return x
 
     z = torch.randn(5, 7, dtype=torch.float64)
@@ -217,7 +219,7 @@ def test_solve_buffers_follow_the_weights_batch_dtype_and_order():
     check(z)
     # the cached buffers are not part of the model
     for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
-        assert "_plan_cache" not in clone.__dict__
+        assert "_plan_cache" not in clone.__dict__ and "_index_cache" not in clone.__dict__
         with torch.no_grad():
             torch.testing.assert_close(clone.solve(_affine, z)[0], check(z), atol=1e-12, rtol=1e-12)
     # large batches are solved without keeping their buffers

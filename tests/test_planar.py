@@ -189,3 +189,45 @@ def test_planar_inverse_says_so_when_w_x_overflows():
         T.w.fill_(10.0)
     with pytest.raises(ValueError, match="overflows torch.float32.*float64"):
         T.inverse(torch.full((1, 2), 3e38))
+
+
+@pytest.mark.parametrize("check_every", [None, 1, 3, 8])  # None: the default, 1 on the CPU
+def test_solve_monotone_reads_the_device_every_check_every_iterations(check_every, monkeypatch):
+    """Reading the stopping test back only every k iterations (a host synchronisation on a GPU)
+    gives the same roots: converged elements are frozen between reads."""
+    torch.manual_seed(0)
+    target = torch.randn(1000, dtype=torch.float64) * 5
+    slope = torch.rand(1000, dtype=torch.float64) * 3
+
+    def g(a):
+        return a + slope * a.tanh(), 1 + slope * (1 - a.tanh() ** 2)
+
+    lo, hi = target - 10, target + 10
+    ref = solve_monotone(g, target, lo, hi, check_every=1)
+    calls = {"g": 0, "reads": 0}
+
+    def counted_g(a):
+        calls["g"] += 1
+        return g(a)
+
+    for name in ("__bool__", "tolist", "item", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def read(t, *args, _original=original, **kwargs):
+            calls["reads"] += 1
+            return _original(t, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+    root = solve_monotone(counted_g, target, lo, hi, check_every=check_every)
+    monkeypatch.undo()
+    torch.testing.assert_close(root, ref, atol=1e-12, rtol=0)
+    assert (root + slope * root.tanh() - target).abs().max() <= 1e-12 * (1 + target.abs().max())
+    iterations = calls["g"] - 2  # g(lo) and g(hi) check the bracket
+    # one read for the three input checks, at most two per check (converged? collapsed?)
+    assert calls["reads"] <= 1 + 2 * math.ceil(iterations / (check_every or 1)), calls
+    assert iterations < 60
+
+
+def test_solve_monotone_rejects_a_bad_check_every():
+    with pytest.raises(ValueError, match="check_every"):
+        solve_monotone(lambda a: (a, torch.ones_like(a)), torch.zeros(2), -torch.ones(2), torch.ones(2), check_every=0)

@@ -2,6 +2,7 @@
 device and dtype, and stop with a clear message on bad input or divergence."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -162,3 +163,91 @@ def test_fit_mle_rejects_bad_transform_and_validation_settings():
         fit_mle(flow, data, steps=1, val_data=torch.randn(5, 3))
     with pytest.raises(ValueError, match="val_data contains NaN"):
         fit_mle(flow, data, steps=1, val_data=torch.tensor([[0.0, float("nan")]]))
+
+
+# ----------------------------------------------------------------------------- host synchronisation
+
+
+class _HostReads:
+    """Counts the reads of tensor values into Python (bool, float, int, item, tolist): on a GPU
+    each is a synchronisation that stalls the pipeline. torch.optim's reads are not counted:
+    they read the optimisers' step counters, which stay on the host (capturable=False)."""
+
+    NAMES = ("__bool__", "__float__", "__int__", "item", "tolist")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(t, *args, _original=original, **kwargs):
+                if "/torch/optim/" not in sys._getframe(1).f_code.co_filename.replace("\\", "/"):
+                    self.count += 1
+                return _original(t, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.mark.parametrize("model", ["realnvp", "maf"])
+def test_training_loops_read_the_device_once_per_checkpoint(model, monkeypatch):
+    """fit_mle, fit_reverse_kl and distill read losses and checks back once per 25 steps (the
+    guard's checkpoints), not at every step: the data are checked once, the batches are not
+    rescanned for NaN, and the losses stay on the device until a checkpoint. (A planar flow's
+    density needs a root-find, which reads its stopping test back: see test_planar.py.)"""
+    from coursekit.distill import distill
+    from coursekit.flows import iaf_flow, maf_flow, make_realnvp
+
+    torch.manual_seed(0)
+    build = {"realnvp": lambda: Flow(make_realnvp(2, n_layers=2, hidden=(16,))),
+             "maf": lambda: maf_flow(2, 2, hidden=(16,))}[model]
+    data = sample_toy("moons", 256, seed=0)
+    steps = 100
+    runs = {
+        "fit_mle": lambda: fit_mle(build(), data, steps=steps, batch_size=32, seed=0),
+        "fit_mle + transform": lambda: fit_mle(build(), data, steps=steps, batch_size=32, seed=0,
+                                               transform=lambda x: x + 0.01 * torch.randn_like(x)),
+        "fit_reverse_kl": lambda: fit_reverse_kl(build(), log_target("U1"), steps=steps, n_samples=32),
+    }
+    if model == "maf":
+        runs["distill"] = lambda: distill(iaf_flow(2, 2, hidden=(16,)), build(), steps=steps, batch_size=32)
+    for name, run in runs.items():
+        reads = _HostReads(monkeypatch)
+        hist = run()
+        assert len(hist) == steps and all(math.isfinite(v) for v in hist), name
+        checkpoints = steps // 25 + 1
+        # per checkpoint one read; a few more around the loop (argument and data checks, start, end)
+        assert reads.count <= checkpoints + 12, (name, reads.count)
+        monkeypatch.undo()
+
+
+def test_deferred_checks_name_the_first_bad_step():
+    """A NaN batch (a faulty transform) and a model that breaks between two checkpoints are both
+    reported at the step where they happened, with the model restored to the last checkpoint."""
+    data = torch.randn(256, 2)
+
+    def poisoned(at, what):
+        calls = []
+
+        def transform(x):
+            calls.append(None)
+            if len(calls) - 1 == at:
+                if what == "batch":
+                    return x * float("nan")
+                with torch.no_grad():
+                    next(flow.parameters()).fill_(float("nan"))
+            return x
+
+        return transform
+
+    from coursekit.flows import make_realnvp
+
+    for what, error, message in [("batch", ValueError, "step 37: its batch contains NaN"),
+                                 ("model", TrainingDiverged, "step 37: the negative log-likelihood is nan")]:
+        torch.manual_seed(0)
+        flow = Flow(make_realnvp(2, n_layers=2, hidden=(16,)))
+        with pytest.raises(error, match=message) as info:
+            fit_mle(flow, data, steps=200, batch_size=16, seed=0, transform=poisoned(37, what))
+        assert "read back at step 50" in str(info.value)
+        h = info.value.history
+        assert h.stopped_at == 37 and h.restored_step == 25 and len(h) == 37
+        assert all(bool(torch.isfinite(p).all()) for p in flow.parameters())

@@ -13,6 +13,7 @@ theorem the two log-determinants at matching points sum to zero.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable
 
@@ -22,16 +23,28 @@ from torch.distributions import Distribution, Independent, Normal, Uniform
 
 from .. import _validate as V
 
-__all__ = ["Bijection", "Compose", "Inverted", "Flow", "set_validation", "validation_enabled", "check_input"]
+__all__ = [
+    "Bijection",
+    "Compose",
+    "Inverted",
+    "Flow",
+    "set_validation",
+    "validation_enabled",
+    "check_input",
+    "values_checked",
+]
 
 _VALIDATE = True
+_SCAN_VALUES = True
 
 
 def set_validation(enabled: bool) -> None:
     """Turn input checks (shape, NaN/inf) on or off globally, like ``torch.distributions``.
 
-    Checks are on by default; benchmarks turn them off because the NaN check synchronises
-    with the GPU.
+    Checks are on by default. The shape, dtype and device checks read metadata only; the
+    NaN/inf check reads every value and, on a GPU, waits for it (a host synchronisation).
+    Training loops skip that one scan with :func:`values_checked` instead of turning all
+    checks off.
     """
     global _VALIDATE
     _VALIDATE = bool(enabled)
@@ -39,6 +52,21 @@ def set_validation(enabled: bool) -> None:
 
 def validation_enabled() -> bool:
     return _VALIDATE
+
+
+@contextlib.contextmanager
+def values_checked():
+    """Inside this block, inputs are checked for shape, dtype and device but not scanned for
+    NaN/inf: the caller vouches for the values (``fit_mle`` checks its data once before the
+    loop and watches the losses on the device; see :class:`coursekit.train.TrainingGuard`).
+    The scan would otherwise read every input again at every step and, on a GPU, stall the
+    pipeline with a host synchronisation each time."""
+    global _SCAN_VALUES
+    before, _SCAN_VALUES = _SCAN_VALUES, False
+    try:
+        yield
+    finally:
+        _SCAN_VALUES = before
 
 
 def check_input(t: Tensor, event_shape: tuple[int, ...], what: str, finite: bool = True,
@@ -63,7 +91,7 @@ def check_input(t: Tensor, event_shape: tuple[int, ...], what: str, finite: bool
         V.check_dtype_device(what, t, like.dtype, like.device)
     elif not (t.is_floating_point() or t.is_complex()):
         raise TypeError(f"{what} has dtype {t.dtype}; it must be floating point: call x.float()")
-    if finite and t.device.type != "meta" and not torch.isfinite(t).all():  # (meta tensors hold no values)
+    if finite and _SCAN_VALUES and t.device.type != "meta" and not torch.isfinite(t).all():  # (meta: no values)
         n_bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{what} contains {n_bad} NaN or infinite value(s); flows need finite inputs.")
 
