@@ -251,24 +251,29 @@ class MADE(nn.Module):
             state.pop(cache, None)
         return state
 
-    def _sorted(self) -> tuple[list[Tensor], list[Tensor], list[list[int]], Tensor]:
-        """Differentiable weights and biases with hidden units sorted by degree and outputs by step,
-        the cumulative unit counts per degree of each hidden layer, and the step of each coordinate
-        (:func:`_sort_indices`, kept on the weights' device per order: a training loop through
-        the sequential direction then reads nothing back from the device)."""
+    def _indices(self) -> dict:
+        """:func:`_sort_indices` with its index tensors on the order's device, kept per order, so
+        that the sequential direction reads nothing back from the device once they exist."""
         order = self.order
         key = (order.data_ptr(), order._version, order.device)
         cached = self.__dict__.get("_index_cache")
         if cached is None or cached[0] != key:
             idx = _sort_indices(self)
-            moved = {k: [i.to(order.device) for i in v] for k, v in idx.items() if k in ("weight", "bias")}
-            cached = (key, moved, idx["starts"], idx["rank"].to(order.device))
+            idx = {k: v.to(order.device) if isinstance(v, Tensor) else
+                   ([i.to(order.device) for i in v] if k in ("weight", "bias") else v) for k, v in idx.items()}
+            cached = (key, idx)
             self.__dict__["_index_cache"] = cached
-        _, idx, starts, rank = cached
+        return cached[1]
+
+    def _sorted(self) -> tuple[list[Tensor], list[Tensor], list[list[int]], Tensor]:
+        """Differentiable weights and biases with hidden units sorted by degree and outputs by step,
+        the cumulative unit counts per degree of each hidden layer, and the step of each coordinate
+        (:meth:`_indices`)."""
+        idx = self._indices()
         linears = self._linears()
         weights = [lin.weight.flatten()[i] for lin, i in zip(linears, idx["weight"])]
         biases = [lin.bias[i] for lin, i in zip(linears, idx["bias"])]
-        return weights, biases, starts, rank
+        return weights, biases, idx["starts"], idx["rank"]
 
     def _steps_autograd(self, update, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # Out of place, so that autograd sees every step: the rows of degree t read the prefix of
@@ -372,11 +377,12 @@ class _SolvePlan:
     def __init__(self, made: MADE, target: Tensor, key: tuple):
         p, k, n = made.dim, made.n_params, target.shape[0]
         like = {"dtype": target.dtype, "device": target.device}
-        idx = _sort_indices(made)
+        idx = made._indices()
         self.key = key
-        self.rank = idx["rank"].to(target.device)
-        self.weight_idx = [i.to(target.device) for i in idx["weight"]]
-        self.bias_idx = [i[:, None].to(target.device) for i in idx["bias"]]
+        self.rank = idx["rank"]
+        self.weight_idx = idx["weight"]
+        self.bias_idx = [i[:, None] for i in idx["bias"]]
+        self.scales: dict[tuple, Tensor] = {}
         self.weights = [torch.empty(i.shape[0], 1 + i.shape[1], **like) for i in self.weight_idx]
         self.u = torch.empty(1 + p, n, **like)
         self.hidden = [torch.empty(1 + h, n, **like) for h in made.hidden]
@@ -425,7 +431,9 @@ class _SolvePlan:
             return self.u[1:], self.out, None
         scale = None
         if getattr(update, "scale", None) is not None:
-            scale = torch.tensor(update.scale, dtype=target.dtype).to(target.device, non_blocking=True)
+            scale = self.scales.get(tuple(update.scale))
+            if scale is None:
+                scale = self.scales[tuple(update.scale)] = torch.tensor(update.scale, dtype=target.dtype).to(target.device)
             head = self.weights[-1]
             head.view(-1, scale.numel(), head.shape[1]).mul_(scale[:, None])
         step = update.inplace(self.scratch)

@@ -119,8 +119,8 @@ class _AffineStep:
         return (t - m) * torch.exp(-alpha) if self.inverse else torch.exp(alpha) * t + m
 
     def inplace(self, scratch: Tensor):
-        # +-B as a 0-d tensor: multiplying by one is cheaper than by a Python float
-        factor = torch.tensor(-self.bound if self.inverse else self.bound, dtype=scratch.dtype, device=scratch.device)
+        # +-B as a 0-d (CPU) tensor: multiplying by one is cheaper than by a Python float
+        factor = torch.tensor(-self.bound if self.inverse else self.bound, dtype=scratch.dtype)
         tanh, addcmul, sub = torch.tanh, torch.addcmul, torch.sub
 
         def forward(rows, t, out):  # rows = (m, a / B)
