@@ -19,7 +19,8 @@ import torch
 from . import _validate as V
 from .flows.base import values_checked
 
-__all__ = ["History", "TrainingDiverged", "TrainingGuard", "guard", "progress", "fit_mle", "fit_reverse_kl"]
+__all__ = ["History", "TrainingDiverged", "TrainingGuard", "guard", "read_losses", "progress", "fit_mle",
+           "fit_reverse_kl"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,6 +47,18 @@ def guard(value: torch.Tensor | float, step: int, what: str = "loss", advice: st
             + f". {advice or default}"
         )
     return v
+
+
+def read_losses(pending: list[tuple[int, torch.Tensor]], what: str = "loss", advice: str = "",
+                limit: float = math.inf) -> list[float]:
+    """The losses ``(step, 0-d tensor)`` of several steps as floats, read back from the device in
+    ONE transfer (a training loop that calls ``float(loss)`` every step waits for the GPU every
+    step), each checked in order as :func:`guard` does: the first NaN, infinite or too large
+    one raises :class:`TrainingDiverged` naming its step."""
+    if not pending:
+        return []
+    values = torch.stack([v.detach().reshape(()).to(torch.float64) for _, v in pending]).tolist()
+    return [guard(v, step, what, advice, limit) for (step, _), v in zip(pending, values)]
 
 
 class TrainingGuard:

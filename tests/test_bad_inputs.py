@@ -383,6 +383,8 @@ EXEMPT = {
     "guard.value": "the value being guarded: a NaN is what it is for",
     "guard.step": "a label for the message",
     "guard.limit": "internal helper of the trainers",
+    "read_losses.pending": "(step, loss) pairs the trainers collect: a NaN loss is what it is for",
+    "read_losses.limit": "internal helper of the trainers (guard's limit)",
     "progress.total": "passed to tqdm, which checks it",
     "TrainingGuard.rule": "internal switch of the trainers",
     "TrainingGuard.observe.step": "driven by the trainers",

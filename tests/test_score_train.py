@@ -103,3 +103,33 @@ def test_clear_errors():
         train_score(s, x, objective="exact", n_iter=1, lr=-1.0)
     with pytest.raises(ValueError, match="no trainable parameters"):
         train_score(nn.Identity(), x, objective="exact", n_iter=1)
+
+
+def test_losses_are_read_back_once_per_window_and_checked_in_order(monkeypatch):
+    """train_score reads its losses from the device every 25 iterations, in one transfer, and a
+    bad loss is still reported at its own iteration."""
+    import coursekit.train as T
+
+    reads = []
+    original = T.read_losses
+
+    def counted(pending, *args, **kwargs):
+        reads.append([step for step, _ in pending])
+        return original(pending, *args, **kwargs)
+
+    monkeypatch.setattr("coursekit.score.train.read_losses", counted)
+    torch.manual_seed(0)
+    res = train_score(ScoreMLP(2, hidden=8), torch.randn(64, 2), objective="dsm", sigma=0.5, n_iter=60, batch_size=8)
+    assert [r[0] for r in reads] == [0, 1, 26, 51] and reads[-1][-1] == 59
+    assert len(res.loss) == 60 and all(math.isfinite(v) for v in res.loss)
+
+    class LateNaN(ScoreMLP):
+        calls = 0
+
+        def forward(self, x, *args):
+            LateNaN.calls += 1
+            out = super().forward(x, *args)
+            return out * float("nan") if LateNaN.calls == 31 else out
+
+    with pytest.raises(TrainingDiverged, match="step 30: the dsm score matching loss is nan"):
+        train_score(LateNaN(2, hidden=8), torch.randn(64, 2), objective="dsm", sigma=0.5, n_iter=60, batch_size=8)

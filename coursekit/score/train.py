@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..train import guard, progress
+from ..train import progress, read_losses
 from .objectives import (
     denoising_score_matching, exact_score_matching, noise_conditional_score_matching, sliced_score_matching,
 )
@@ -65,6 +65,9 @@ def score_matching_loss(model: Callable, x: Tensor, objective: str, *, sigma: fl
     raise ValueError(f"objective={objective!r} unknown; choose one of {', '.join(OBJECTIVES)}")
 
 
+READ_EVERY = 25  # iterations between two reads of the losses from the device
+
+
 def train_score(model: torch.nn.Module, data: Tensor, *, objective: str, n_iter: int, batch_size: int = 256,
                 lr: float = 1e-3, sigma: float | None = None, sigmas: Sequence[float] | Tensor | None = None,
                 n_projections: int = 1, optimizer: torch.optim.Optimizer | None = None, clip: float | None = 100.0,
@@ -78,6 +81,11 @@ def train_score(model: torch.nn.Module, data: Tensor, *, objective: str, n_iter:
     ``"dsm"`` (noise level ``sigma``) or ``"ncsm"`` (the ladder ``sigmas``). Adam with learning rate
     ``lr`` unless ``optimizer`` is given; ``clip`` bounds the gradient norm (``None``: off).
     Minibatches are drawn with replacement with ``generator``.
+
+    The losses are read back from the device every 25 iterations (one transfer, no per-step
+    wait on a GPU) and checked then: a NaN, infinite or larger than ``max_loss`` loss stops
+    training with :class:`~coursekit.train.TrainingDiverged` naming its iteration (the model
+    then holds the parameters of the last iteration run, at most 24 later).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r} unknown; choose one of {', '.join(OBJECTIVES)}")
@@ -114,11 +122,16 @@ def train_score(model: torch.nn.Module, data: Tensor, *, objective: str, n_iter:
     result = ScoreTrainingResult()
     start = time.perf_counter()
     model.train()
+    what = f"{objective} score matching loss"
+    pending: list[tuple[int, Tensor]] = []  # read back every READ_EVERY iterations, not every one
     for it in progress(range(n_iter), total=n_iter, desc=desc or f"score matching ({objective})"):
         idx = torch.randint(data.shape[0], (batch_size,), generator=generator, device=data.device)
         loss = score_matching_loss(model, data[idx], objective, sigma=sigma, sigmas=sigmas,
                                    n_projections=n_projections, generator=generator)
-        result.loss.append(guard(loss, it, f"{objective} score matching loss", advice[objective], limit=max_loss))
+        pending.append((it, loss.detach()))
+        if it % READ_EVERY == 0 or it == n_iter - 1:
+            result.loss += read_losses(pending, what, advice[objective], limit=max_loss)
+            pending = []
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip is not None:
