@@ -28,10 +28,11 @@ when that range contains 1. The GPU is synchronised when used.
 Every library gets the same model as far as its API allows: a MAF of ``--layers`` affine
 autoregressive layers, each with a MADE of two hidden layers of ``--hidden`` ReLU units whose
 network reads the data ``x`` (density: one pass per layer; sampling: ``p`` sequential steps per
-layer), the order reversed from one layer to the next, on a standard Gaussian base. What remains
+layer), the order changing from one layer to the next, on a standard Gaussian base. What remains
 different:
 
-* coursekit: ``maf_flow`` (alternating natural / reversed MADE orders, no permutation layers);
+* coursekit: ``maf_flow`` (a random MADE order per layer, no permutation layers; the last MADE
+  layer starts at zero, each layer at the identity);
   scale ``exp(B tanh(a / B))``, ``B = 5``; sampling by ``MADE.solve``, incremental unless ``naive``.
 * zuko: ``MAF`` (alternating orders as well); ``MonotonicAffineTransform`` (scale ``exp`` of a
   soft-clipped log-scale); sampling inverts each layer with ``p`` full passes.

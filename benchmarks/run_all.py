@@ -9,8 +9,9 @@ One command, in the environment that has the peer libraries next to the same tor
   ``--rounds`` rounds (151) per measure: about 10 minutes on one CPU thread of the course machine;
 * ``--quick``: 5 rounds, to check that everything runs (under a minute; the spread is then wide);
 * ``--nll``: also the long parts, training on the digits (``bench_coupling.py --nll``, 3000 steps
-  per library: about 2 more minutes on one thread). RESULTS.md as committed comes from
-  ``run_all.py --nll``.
+  per library: about 2 more minutes on one thread) and ``nll_peers.py`` (every library's MAF and
+  Real-NVP on moons, 8 Gaussians, checkerboard and the digits, 3 seeds: about 25 more minutes).
+  RESULTS.md as committed comes from ``run_all.py --nll``.
 
 A script takes part when it exposes ``results(argv) -> list[_common.Table]``:
 ``bench_coupling.py`` (coupling flows against zuko, nflows, normflows) and
@@ -105,6 +106,9 @@ def plan(args) -> list[tuple[str, list[str]]]:
                          else ["--rounds", str(args.rounds)])
     runs.append(("bench_residual", residual if args.nll else residual + ["--no-nll"]))
     runs.append(("bench_sync", common + ["--rounds", "3" if args.quick else str(min(args.rounds, 31))]))
+    if args.nll:
+        quick_nll = ["--seeds", "0", "--steps-2d", "200", "--steps-digits", "200"] if args.quick else []
+        runs.append(("nll_peers", common + quick_nll))
     return runs
 
 

@@ -209,8 +209,32 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_repr_is_readable():
-    text = repr(maf_flow(3, n_layers=2, hidden=(8,)))
-    assert "order=[0, 1, 2]" in text and "order=[2, 1, 0]" in text and "tanh" in text
+    text = repr(maf_flow(2, n_layers=2, hidden=(8,)))
+    assert "order=[0, 1]" in text and "order=[1, 0]" in text and "tanh" in text
+    flow = maf_flow(5, n_layers=3, hidden=(8,), seed=0)
+    for layer in flow.transform:
+        assert f"order={layer.order.tolist()}" in repr(flow)
+
+
+def test_builders_draw_one_order_per_layer_and_start_at_the_identity():
+    """dim > 2: a random MADE order per layer, reproducible with seed (seed, seed + 1, ...) or
+    with torch's generator; dim = 2: natural and reversed alternate. Affine layers start as the
+    identity (last MADE layer zero), so a fresh flow is its base."""
+    orders = [[m.order.tolist() for m in maf_flow(6, n_layers=4, hidden=(8,), seed=s).transform] for s in (3, 3, 4)]
+    assert orders[0] == orders[1] != orders[2]
+    assert len({tuple(o) for o in orders[0]}) == 4  # (four random permutations of 6: distinct here)
+    torch.manual_seed(0)
+    a = [m.order.tolist() for m in iaf_flow(6, n_layers=3, hidden=(8,)).transform]
+    torch.manual_seed(0)
+    assert a == [m.order.tolist() for m in iaf_flow(6, n_layers=3, hidden=(8,)).transform]
+    assert [m.order.tolist() for m in maf_flow(2, n_layers=3, hidden=(8,)).transform] == [[0, 1], [1, 0], [0, 1]]
+    flow = maf_flow(6, n_layers=3, hidden=(8,), seed=0)
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(flow.log_prob(x), flow.base.log_prob(x))
+    torch.testing.assert_close(flow.transform(x)[0], x)
+    assert not all(bool((q == 0).all()) for q in flow.parameters())  # only the last layers are zero
+    gate = SigmoidAR(4)  # its own initialisation (a gate bias), not zeroed
+    assert not bool((gate.conditioner.made._linears()[-1].weight == 0).all())
     assert "condition_on='z'" in repr(SigmoidAR(3, condition_on="z"))
 
 

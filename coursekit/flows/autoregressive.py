@@ -61,6 +61,11 @@ def _default_hidden(dim: int) -> tuple[int, int]:
 class AffineConditioner(nn.Module):
     """``(m, alpha)`` of every coordinate from one MADE pass, with ``alpha = B tanh(a / B)``.
 
+    ``zero_init`` (default) starts the MADE's last layer at zero, so that ``m = alpha = 0`` and
+    the layer starts as the identity map: a stack of them starts at the base distribution and
+    each layer learns a correction (with random orders per layer, see :func:`maf_flow`, this
+    made the MAF better on the 8x8 digits: ``benchmarks/ablation_nll.py`` and
+    ``benchmarks/RESULTS.md``).
     ``passes`` counts the network evaluations (used to show O(1) against O(p) passes).
     """
 
@@ -72,11 +77,17 @@ class AffineConditioner(nn.Module):
         bound: float = 5.0,
         activation: type[nn.Module] = nn.ReLU,
         seed: int | None = None,
+        zero_init: bool = True,
     ):
         super().__init__()
         if not bound > 0:
             raise ValueError(f"bound must be positive (the largest |alpha_i|), got {bound!r}")
         self.made = MADE(dim, hidden or _default_hidden(dim), n_params=2, order=order, activation=activation, seed=seed)
+        if zero_init:
+            last = self.made._linears()[-1]
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.zero_()
         self.bound = float(bound)
         self.passes = 0
 
@@ -394,7 +405,7 @@ class _GateConditioner(AffineConditioner):
     """MADE outputs ``(m, a)`` with no clamp: the sigmoid already bounds the gate."""
 
     def __init__(self, dim, hidden, order, activation, seed):
-        super().__init__(dim, hidden, order, 1.0, activation, seed)
+        super().__init__(dim, hidden, order, 1.0, activation, seed, zero_init=False)
 
     step = None  # no affine update: SigmoidAR solves with its own (out-of-place) update
 
@@ -410,8 +421,8 @@ class Reverse(Bijection):
     """Reverses the order of the coordinates, ``T(z)_i = z_{p+1-i}``; volume preserving (log-det 0).
 
     Put between autoregressive layers so that the variable that sees nothing in one layer sees
-    everything in the next. (The builders :func:`maf_flow` / :func:`iaf_flow` instead alternate the
-    MADE orders, which is the same map family without moving data.)
+    everything in the next. (The builders :func:`maf_flow` / :func:`iaf_flow` instead give each
+    layer its own MADE order, which changes the order without moving data.)
 
     >>> import torch
     >>> Reverse(3)(torch.tensor([[1.0, 2.0, 3.0]]))[0]
@@ -441,23 +452,32 @@ class AutoregressiveFlow(Flow):
 def _layers(cls, dim, n_layers, hidden, bound, seed, **kw):
     if not isinstance(n_layers, int) or n_layers < 1:
         raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
-    # Alternate natural / reversed orders: what one layer sees last, the next sees first.
-    return Compose(
-        *[cls(dim, hidden, "natural" if k % 2 == 0 else "reversed", bound, seed=seed, **kw) for k in range(n_layers)]
-    )
+    if dim <= 2:
+        # two variables have two orders: alternate them (what one layer sees last, the next sees first)
+        orders = [("natural" if k % 2 == 0 else "reversed", seed) for k in range(n_layers)]
+    else:
+        # a random order per layer, each from its own seed (with seed=None, from torch's generator)
+        first = int(torch.randint(2**31, ())) if seed is None else seed
+        orders = [("random", first + k) for k in range(n_layers)]
+    return Compose(*[cls(dim, hidden, order, bound, seed=s, **kw) for order, s in orders])
 
 
 def maf_flow(
     dim: int, n_layers: int = 5, hidden=None, bound: float = 5.0, base="normal", seed: int | None = None
 ) -> AutoregressiveFlow:
-    """A MAF density model: ``n_layers`` MAF layers with alternating orders on a Gaussian base."""
+    """A MAF density model: ``n_layers`` MAF layers on a Gaussian base.
+
+    Each layer has its own random MADE order (``seed``, ``seed + 1``, ... make them
+    reproducible; with ``seed=None`` they come from torch's global generator); with two variables,
+    the natural and the reversed order alternate. Random orders did better than alternating the
+    natural and reversed orders on the 8x8 digits (``benchmarks/ablation_nll.py``)."""
     return AutoregressiveFlow(_layers(MAF, dim, n_layers, hidden, bound, seed), base=base)
 
 
 def iaf_flow(
     dim: int, n_layers: int = 5, hidden=None, bound: float = 5.0, base="normal", seed: int | None = None
 ) -> AutoregressiveFlow:
-    """An IAF sampler: ``n_layers`` IAF layers with alternating orders on a Gaussian base."""
+    """An IAF sampler: ``n_layers`` IAF layers on a Gaussian base, with orders as in :func:`maf_flow`."""
     return AutoregressiveFlow(_layers(IAF, dim, n_layers, hidden, bound, seed), base=base)
 
 

@@ -1,0 +1,237 @@
+"""Ablation: which of coursekit's MAF / Real-NVP defaults costs test NLL against the peers (issue 15).
+
+Trains variants of coursekit's MAF and Real-NVP with exactly the protocol of ``nll_peers.py``
+(``nll_peers.train_eval``: same data, batches, steps, lr, early stopping on the validation set,
+test set scored once) over several seeds, and prints the mean ± sd of the test NLL per variant
+and dataset, with the difference to the default variant. Nothing in coursekit is edited: the
+variants are built from coursekit's public pieces with other arguments, or re-initialised.
+Never run by the test suite::
+
+    OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/ablation_nll.py --model maf
+    OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/ablation_nll.py --model realnvp --datasets moons
+
+MAF variants (5 layers, MADE hidden (64, 64), as ``maf_flow``): ``default`` (``maf_flow`` as it
+was when this ablation was run, before issue 15 changed it on the strength of this script:
+alternating natural / reversed MADE orders, ``alpha = 5 tanh(a / 5)``, torch's default init of
+every layer, fixed standard normal base; ``random_order+zero_last`` is today's ``maf_flow`` for
+p > 2); ``bound10``, ``bound1e3`` (the clamp bound B; 1e3 is no clamp in practice);
+``softclip`` (zuko's soft clip ``alpha = a / (1 + |a| / log 1000)`` in place of the tanh);
+``zero_last`` (the last MADE layer's weights and biases set to zero, so every layer starts as the
+identity); ``reverse`` (every MADE in the natural order with a ``Reverse`` layer between
+layers: the same map family, another parametrisation order); ``random_order`` (a random order per
+layer, drawn from the seeded global RNG); ``random_degrees`` (hidden-unit degrees drawn at random,
+as nflows' ``random_mask=True``, instead of cycling 1..p-1); ``learned_base`` (a diagonal Gaussian
+base with trained mean and log-std); ``shift_after`` (the peers' parametrisation of the density
+direction, ``z = exp(-alpha) x + b`` with ``b`` the network's output, in place of coursekit's
+``z = (x - m) exp(-alpha)``); and combinations joined by ``+``.
+
+Real-NVP variants (8 couplings, MLP hidden (64, 64), as ``make_realnvp``; half/half partitions
+in 2-D, the 8x8 checkerboard on the digits): ``default`` (clamp 3, zero-initialised last layer);
+``clamp1``, ``clamp6.9``, ``noclamp``; ``init`` (torch's default init of the last layer, not
+zero); combinations joined by ``+``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's coursekit
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Table, print_tables  # noqa: E402
+from nll_peers import DATASETS, LABEL, mean_sd, train_eval, unit  # noqa: E402
+
+MAF_VARIANTS = ("default", "bound10", "bound1e3", "softclip", "zero_last", "reverse", "random_order",
+                "random_degrees", "learned_base", "shift_after")
+REALNVP_VARIANTS = ("default", "clamp1", "clamp6.9", "noclamp", "init")
+
+
+class _LearnedBase(torch.nn.Module):
+    """A coursekit map on a diagonal Gaussian base whose mean and log-std are trained."""
+
+    def __init__(self, transform, p):
+        super().__init__()
+        self.transform, self.dim, self.event_shape = transform, p, (p,)
+        self.mu = torch.nn.Parameter(torch.zeros(p))
+        self.log_sigma = torch.nn.Parameter(torch.zeros(p))
+
+    def log_prob(self, x):
+        z, ld = self.transform.inverse(x)
+        e = (z - self.mu) * torch.exp(-self.log_sigma)
+        return (-0.5 * e.pow(2) - self.log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1) + ld
+
+
+def _random_degree_masks(made, gen):
+    """Replace a MADE's masks by ones from random hidden degrees (nflows' ``random_mask=True``):
+    each hidden unit's degree uniform in [min degree of the layer below, p - 1]."""
+    from coursekit.made import MaskedLinear
+
+    p = made.dim
+    d_in = torch.empty(p, dtype=torch.long)
+    d_in[made.order] = torch.arange(1, p + 1)
+    layers = [m for m in made.net if isinstance(m, MaskedLinear)]
+    prev = d_in
+    for layer in layers[:-1]:
+        lo = min(int(prev.min()), p - 1)
+        d = torch.randint(lo, p, (layer.out_features,), generator=gen)
+        layer.mask.copy_((d[:, None] >= prev[None, :]).to(layer.mask.dtype))
+        prev = d
+    d_out = d_in.repeat(made.n_params)
+    layers[-1].mask.copy_((d_out[:, None] > prev[None, :]).to(layers[-1].mask.dtype))
+
+
+def maf_builder(variant: str, layers: int, hidden: int):
+    opts = set(variant.split("+")) - {"default"}
+    unknown = opts - set(MAF_VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown MAF variant part(s) {sorted(unknown)}; choose from {', '.join(MAF_VARIANTS)}")
+
+    def build(p, image):
+        from coursekit.flows import MAF, Compose, Reverse, set_validation
+        from coursekit.flows.autoregressive import AutoregressiveFlow
+
+        set_validation(False)
+        bound = 10.0 if "bound10" in opts else 1e3 if "bound1e3" in opts else 5.0
+        gen = torch.Generator().manual_seed(int(torch.randint(2**31, ())))  # follows the run's seed
+        mods = []
+        for k in range(layers):
+            if "random_order" in opts:
+                order = torch.randperm(p, generator=gen)
+            elif "reverse" in opts:
+                order = "natural"
+            else:
+                order = "natural" if k % 2 == 0 else "reversed"
+            layer = MAF(p, (hidden, hidden), order, bound)
+            made = layer.conditioner.made
+            if "random_degrees" in opts:
+                _random_degree_masks(made, gen)
+            if "zero_last" in opts:
+                torch.nn.init.zeros_(made.net[-1].weight)
+                torch.nn.init.zeros_(made.net[-1].bias)
+            else:  # MAF now starts at zero there: give back torch's default initialisation
+                made.net[-1].reset_parameters()
+            clip = layer.conditioner.params
+            if "softclip" in opts:
+                c = math.log(1e3)
+                clip = lambda raw, c=c: (raw[0], raw[1] / (1 + raw[1].abs() / c))  # noqa: E731
+            if "shift_after" in opts:
+                # z = exp(-alpha) x + b with b the raw output (the peers' form), as coursekit's
+                # z = (x - m) exp(-alpha) with m = -b exp(alpha)
+                def shifted(raw, clip=clip):
+                    b, alpha = clip(raw)
+                    return -b * torch.exp(alpha), alpha
+                layer.conditioner.params = shifted
+            else:
+                layer.conditioner.params = clip
+            mods.append(layer)
+            if "reverse" in opts and k < layers - 1:
+                mods.append(Reverse(p))
+        body = Compose(*mods)
+        if "learned_base" in opts:
+            model = _LearnedBase(body, p)
+        else:
+            model = AutoregressiveFlow(body, base="normal")
+        return model, model.log_prob
+
+    return build
+
+
+def realnvp_builder(variant: str, layers: int, hidden: int):
+    opts = set(variant.split("+")) - {"default"}
+    unknown = opts - set(REALNVP_VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown Real-NVP variant part(s) {sorted(unknown)}; choose from {', '.join(REALNVP_VARIANTS)}")
+
+    def build(p, image):
+        from coursekit.flows import Flow, make_realnvp, set_validation
+
+        set_validation(False)
+        clamp = 1.0 if "clamp1" in opts else math.log(1e3) if "clamp6.9" in opts else None if "noclamp" in opts else 3.0
+        kw = dict(kind="checkerboard", shape=(8, 8)) if image else dict(kind="half")
+        flow = Flow(make_realnvp(p, n_layers=layers, hidden=(hidden, hidden), zero_init="init" not in opts,
+                                 clamp=clamp, **kw))
+        return flow, flow.log_prob
+
+    return build
+
+
+def results(argv=None) -> list[Table]:
+    args = parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    datasets = args.datasets.split(",")
+    variants = args.variants.split(",") if args.variants else list(
+        MAF_VARIANTS if args.model == "maf" else REALNVP_VARIANTS)
+    if args.model == "maf":
+        builders = {v: maf_builder(v, args.maf_layers, args.hidden) for v in variants}
+    else:
+        builders = {v: realnvp_builder(v, args.realnvp_layers, args.hidden) for v in variants}
+    start = time.perf_counter()
+    res: dict = {}
+    for d in datasets:
+        if d not in DATASETS:
+            raise SystemExit(f"unknown dataset {d!r}")
+        for v, build in builders.items():
+            for seed in seeds:
+                r = train_eval(build, d, seed, args, device, desc=f"{v} {d}")
+                res.setdefault((d, v), []).append(r)
+                if args.verbose:
+                    print(f"  {d:12} {v:28} seed {seed}: test {r['test']:.4f} kept {r['kept']} "
+                          f"{r['seconds']:.1f}s", flush=True)
+    total = time.perf_counter() - start
+    ref = variants[0]
+    t = Table(f"Ablation, coursekit {LABEL[args.model]}: test NLL mean ± sd over seeds {args.seeds}",
+              ["variant"] + [f"{d} ({unit(d)[0]})" for d in datasets]
+              + [f"{d}: - {ref}" for d in datasets])
+    for v in variants:
+        cells, diffs = [], []
+        for d in datasets:
+            vals = [r["test"] for r in res[(d, v)]]
+            m, s = mean_sd(vals)
+            cells.append(f"{m:.4f} ± {s:.4f}")
+            # paired by seed: the same batches and the same seed for the weights
+            pd = [a["test"] - b["test"] for a, b in zip(res[(d, v)], res[(d, ref)])]
+            pm, ps = mean_sd(pd)
+            diffs.append("reference" if v == ref else f"{pm:+.4f} ± {ps:.4f}")
+        t.rows.append([v] + cells + diffs)
+    t.notes = [(f"Protocol of nll_peers.py: {args.steps_2d} steps (2-D), {args.steps_digits} steps (digits), "
+                f"lr {args.lr}, best validation state kept. Differences to '{ref}' are paired by seed "
+                f"(mean ± sd of the per-seed differences). {total / 60:.1f} min."),
+               "Per-seed: " + "; ".join(f"{v} {d}: " + ", ".join(f"{r['test']:.3f}" for r in res[(d, v)])
+                                        for d in datasets for v in variants)]
+    return [t]
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=["maf", "realnvp"], default="maf")
+    ap.add_argument("--variants", default="", help="comma-separated; parts joined by '+'; first is the reference")
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps-2d", type=int, default=2000)
+    ap.add_argument("--steps-digits", type=int, default=3000)
+    ap.add_argument("--maf-layers", type=int, default=5)
+    ap.add_argument("--realnvp-layers", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--verbose", action="store_true")
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    print(f"torch {torch.__version__}, {args.threads} thread(s)", flush=True)
+    print_tables(results(argv))
+
+
+if __name__ == "__main__":
+    main()
