@@ -44,8 +44,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's coursekit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Table, print_tables  # noqa: E402
-from nll_peers import DATASETS, LABEL, mean_sd, train_eval, unit  # noqa: E402
+from _common import Table  # noqa: E402
+import nll_peers  # noqa: E402
+from nll_peers import DATASETS, LABEL, mean_sd, protocol_arguments, train_eval, unit  # noqa: E402
 
 MAF_VARIANTS = ("default", "bound10", "bound1e3", "softclip", "zero_last", "reverse", "random_order",
                 "random_degrees", "learned_base", "shift_after")
@@ -86,11 +87,17 @@ def _random_degree_masks(made, gen):
     layers[-1].mask.copy_((d_out[:, None] > prev[None, :]).to(layers[-1].mask.dtype))
 
 
-def maf_builder(variant: str, layers: int, hidden: int):
+def _options(variant: str, known: tuple[str, ...], model: str) -> set[str]:
+    """The parts of a variant name such as ``random_order+zero_last`` (``default``: none)."""
     opts = set(variant.split("+")) - {"default"}
-    unknown = opts - set(MAF_VARIANTS)
+    unknown = opts - set(known)
     if unknown:
-        raise SystemExit(f"unknown MAF variant part(s) {sorted(unknown)}; choose from {', '.join(MAF_VARIANTS)}")
+        raise SystemExit(f"unknown {model} variant part(s) {sorted(unknown)}; choose from {', '.join(known)}")
+    return opts
+
+
+def maf_builder(variant: str, layers: int, hidden: int):
+    opts = _options(variant, MAF_VARIANTS, "MAF")
 
     def build(p, image):
         from coursekit.flows import MAF, Compose, Reverse, set_validation
@@ -143,10 +150,7 @@ def maf_builder(variant: str, layers: int, hidden: int):
 
 
 def realnvp_builder(variant: str, layers: int, hidden: int):
-    opts = set(variant.split("+")) - {"default"}
-    unknown = opts - set(REALNVP_VARIANTS)
-    if unknown:
-        raise SystemExit(f"unknown Real-NVP variant part(s) {sorted(unknown)}; choose from {', '.join(REALNVP_VARIANTS)}")
+    opts = _options(variant, REALNVP_VARIANTS, "Real-NVP")
 
     def build(p, image):
         from coursekit.flows import Flow, make_realnvp, set_validation
@@ -213,24 +217,11 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=["maf", "realnvp"], default="maf")
     ap.add_argument("--variants", default="", help="comma-separated; parts joined by '+'; first is the reference")
-    ap.add_argument("--datasets", default=",".join(DATASETS))
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps-2d", type=int, default=2000)
-    ap.add_argument("--steps-digits", type=int, default=3000)
-    ap.add_argument("--maf-layers", type=int, default=5)
-    ap.add_argument("--realnvp-layers", type=int, default=8)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--verbose", action="store_true")
-    return ap
+    return protocol_arguments(ap)
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
-    print(f"torch {torch.__version__}, {args.threads} thread(s)", flush=True)
-    print_tables(results(argv))
+    nll_peers.main(argv, parser=parser, results=results)
 
 
 if __name__ == "__main__":

@@ -216,9 +216,14 @@ def results(argv=None) -> list[Table]:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--libs", default=",".join(bench_coupling.BUILDERS))
+    return protocol_arguments(ap)
+
+
+def protocol_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of the training protocol (shared with ``ablation_nll.py``)."""
+    ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps-2d", type=int, default=2000)
     ap.add_argument("--steps-digits", type=int, default=3000)
@@ -232,7 +237,7 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv=None):
+def main(argv=None, parser=parser, results=results):
     args = parser().parse_args(argv)
     print(f"torch {torch.__version__}, {args.threads} thread(s)", flush=True)
     print_tables(results(argv))
