@@ -174,8 +174,9 @@ class MADE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).unflatten(-1, (self.n_params, self.dim))
 
-    def solve(self, update, target: Tensor, naive: bool = False) -> tuple[Tensor, Tensor]:
-        """Solve ``u_i = update(MADE(u)_i, target_i)`` for every ``i``, in the order; ``u`` and ``MADE(u)``.
+    def solve(self, update, target: Tensor, naive: bool = False, outputs: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Solve ``u_i = update(MADE(u)_i, target_i)`` for every ``i``, in the order; ``u`` and ``MADE(u)``
+        (``None`` instead of ``MADE(u)`` with ``outputs=False``, which saves gathering them).
 
         ``update(raw, t)`` is elementwise: ``raw`` holds the ``n_params`` outputs of some coordinates
         along its *first* axis (shape ``(n_params, *t.shape)``) and ``t`` the matching entries of
@@ -218,7 +219,7 @@ class MADE(nn.Module):
             for _ in range(self.dim):
                 out = self(u)
                 u = update(out.movedim(-2, 0), target)
-            return u, out
+            return u, out if outputs else None
         grad = torch.is_grad_enabled() and (target.requires_grad or any(q.requires_grad for q in self.parameters()))
         if grad:
             u_steps, out_steps, rank = self._steps_autograd(update, target)
@@ -230,6 +231,8 @@ class MADE(nn.Module):
             rank = plan.rank
         # coordinate j was solved at step rank[j]; index_select copies, so no buffer escapes
         u = u_steps.T.index_select(1, rank)
+        if not outputs:
+            return u, None
         out = out_steps.view(self.dim, self.n_params, -1).permute(2, 1, 0).index_select(2, rank)
         if scale is not None:
             out = out / scale[:, None]
@@ -424,10 +427,11 @@ class _SolvePlan:
         torch.index_select(target.T, 0, made.order, out=self.targets)
         mm = torch.mm
         if not hasattr(update, "inplace"):
-            for calls, (hw, hx, ho), _, t_row, u_row in self.steps:
-                for w, x, h, act in calls:
-                    act(mm(w, x, out=h))
-                u_row.copy_(update(mm(hw, hx, out=ho), t_row))
+            with torch.inference_mode():  # see below
+                for calls, (hw, hx, ho), _, t_row, u_row in self.steps:
+                    for w, x, h, act in calls:
+                        act(mm(w, x, out=h))
+                    u_row.copy_(update(mm(hw, hx, out=ho), t_row))
             return self.u[1:], self.out, None
         scale = None
         if getattr(update, "scale", None) is not None:
@@ -437,9 +441,13 @@ class _SolvePlan:
             head = self.weights[-1]
             head.view(-1, scale.numel(), head.shape[1]).mul_(scale[:, None])
         step = update.inplace(self.scratch)
-        for calls, (hw, hx, ho), rows, t_row, u_row in self.steps:
-            for w, x, h, act in calls:
-                act(mm(w, x, out=h))
-            mm(hw, hx, out=ho)
-            step(rows, t_row, u_row)
+        # Inference mode skips the version counters and view tracking of every kernel call (about
+        # a tenth of a step's cost at these sizes); the buffers stay normal tensors, so what the
+        # caller gets back is one too.
+        with torch.inference_mode():
+            for calls, (hw, hx, ho), rows, t_row, u_row in self.steps:
+                for w, x, h, act in calls:
+                    act(mm(w, x, out=h))
+                mm(hw, hx, out=ho)
+                step(rows, t_row, u_row)
         return self.u[1:], self.out, scale

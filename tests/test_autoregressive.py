@@ -303,3 +303,13 @@ def test_incremental_maf_sampling_float32_and_flow_sample():
     torch.testing.assert_close(x, x_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ld, ld_ref, atol=1e-4, rtol=1e-4)
     assert MAF(3, naive=True).naive and IAF.from_maf(MAF(3, naive=True)).naive
+    # Flow.sample: the same map of the same noise, and a sample another model can train on
+    for m in flow.modules():
+        if isinstance(m, MAF):
+            m.naive = False
+    torch.manual_seed(5)
+    xs = flow.sample(64)
+    torch.manual_seed(5)
+    torch.testing.assert_close(xs, flow.transform(flow.base.sample((64,)))[0].detach(), atol=1e-6, rtol=1e-6)
+    assert not xs.is_inference() and not xs.requires_grad
+    flow.log_prob(xs).mean().backward()  # usable with autograd (not an inference tensor)

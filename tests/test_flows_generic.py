@@ -12,6 +12,7 @@ Every Bijection subclass exported there (except the abstract ``Bijection`` and t
   (``tests/test_planar.py`` integrates planar and radial flows over the whole plane). This test
   uses the milder perturbation ``DENSITY_PERTURB`` so that densities stay resolvable on the grid;
 * a clear ``ValueError`` on a wrong dimension or a NaN;
+* ``push(z)`` (the sampling direction without the log-determinant) equals ``forward(z)[0]``;
 * a map with an ``order`` (MADE orders, raster scans) has a lower-triangular Jacobian in that order.
 
 Maps that need an image shape (``IMAGE_ONLY``), maps whose two sides differ in shape (``latent_shape``)
@@ -147,6 +148,23 @@ def test_every_parameter_gets_a_gradient(cls, direction):
         assert p.grad.abs().max() > 0, f"{cls.__name__}.{name}: zero gradient through {direction}"
 
 
+def _check_push(m, z, name):
+    """``push`` is ``forward``'s first output, with autograd on and off (the two solver paths of
+    the autoregressive maps), and checks its input the same way."""
+    x = m(z)[0].detach()
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(m.push(z).detach(), x, atol=1e-12, rtol=1e-12,
+                                       msg=lambda s: f"{name}.push (grad={grad}) differs from forward: {s}")
+    with pytest.raises(ValueError, match="shape"):
+        m.push(torch.zeros(2, z.shape[1] + 1, *z.shape[2:], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_push_is_the_forward_map(cls):
+    _check_push(_build(cls), _inputs(cls, 16, DIM, 8), cls.__name__)
+
+
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_flow_density_integrates_to_one(cls):
     """The grid integral of p_theta over a box equals the probability that samples of the flow
@@ -267,6 +285,12 @@ def test_configured_round_trips(name):
     x2 = _randn(m.event_shape, 8, 2)
     x2_back, _ = m(m.inverse(x2)[0])
     assert torch.allclose(x2_back, x2, atol=ATOL, rtol=1e-7), (x2_back - x2).abs().max()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_configured_push_is_the_forward_map(name):
+    m = _build_case(name)
+    _check_push(m, _randn(_noise_shape(m), 8, 8), name)
 
 
 @pytest.mark.parametrize("name", CASES)

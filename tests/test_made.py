@@ -130,6 +130,13 @@ def test_incremental_solve_matches_the_naive_p_pass_solver(dim, hidden, n_params
     assert x_grad.requires_grad
     torch.testing.assert_close(x_grad, x_ref, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(out_grad, out_ref, atol=1e-12, rtol=1e-12)
+    # outputs=False: the same solution on every path, no outputs
+    for grad, naive in ((False, False), (True, False), (False, True)):
+        with torch.set_grad_enabled(grad):
+            x_only, none = net.solve(_affine, z, naive=naive, outputs=False)
+        assert none is None
+        torch.testing.assert_close(x_only.detach(), x_ref, atol=1e-12, rtol=1e-12)
+    assert not x.is_inference() and x.is_contiguous()  # a normal tensor, although the steps ran in inference mode
 
 
 @pytest.mark.parametrize("dim, hidden, n_params, order, activation", SOLVE_CASES[2:])

@@ -126,6 +126,18 @@ class Bijection(nn.Module):
             check_input(x, self.event_shape, f"{type(self).__name__}.inverse input x", like=V.reference(self))
         return self._inverse(x)
 
+    def push(self, z: Tensor) -> Tensor:
+        """``x = T(z)`` alone, without the log-determinant: what sampling needs. The same input
+        check as :meth:`forward`; maps whose log-determinant costs work of its own (a MAF's, read
+        off the parameters of every coordinate) skip it here."""
+        if _VALIDATE:
+            shape = getattr(self, "latent_shape", self.event_shape)  # the noise side (Squeeze's differs)
+            check_input(z, shape, f"{type(self).__name__}.push input z", like=V.reference(self))
+        return self._push(z)
+
+    def _push(self, z: Tensor) -> Tensor:
+        return self._forward(z)[0]
+
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -195,6 +207,11 @@ class Compose(Bijection):
             total = total + ld
         return z, total
 
+    def _push(self, z: Tensor) -> Tensor:
+        for m in self.maps:
+            z = m._push(z)
+        return z
+
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         total = x.new_zeros(x.shape[0])
         for m in reversed(self.maps):
@@ -261,10 +278,11 @@ class Flow(nn.Module):
         return self.transform.inverse(x)[0]
 
     def sample(self, n: int) -> Tensor:
-        """n samples X = T(Z), Z ~ nu_0 (no gradient; the base log-density is not evaluated)."""
+        """n samples X = T(Z), Z ~ nu_0 (no gradient; neither the base log-density nor the
+        log-determinant is evaluated: :meth:`Bijection.push`)."""
         V.positive_int("n (the number of samples)", n)
         with torch.no_grad():
-            return self.transform.forward(self.base.sample((n,)))[0]
+            return self.transform.push(self.base.sample((n,)))
 
     def rsample(self, n: int) -> Tensor:
         """n reparametrised samples (gradients flow to the parameters)."""

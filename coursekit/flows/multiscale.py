@@ -178,6 +178,9 @@ class Flattened(Bijection):
         x, ld = self.transform._forward(z.reshape(z.shape[0], -1))
         return x.view(z.shape), ld
 
+    def _push(self, z: Tensor) -> Tensor:
+        return self.transform._push(z.reshape(z.shape[0], -1)).view(z.shape)
+
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z, ld = self.transform._inverse(x.reshape(x.shape[0], -1))
         return z.view(x.shape), ld
