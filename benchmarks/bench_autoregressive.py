@@ -5,7 +5,7 @@ Run it in a separate environment that has the peer libraries next to the same to
 
     python3 -m venv /work/venvs/peers
     /work/venvs/peers/bin/pip install torch==2.13.0            # first, so that torch stays pinned
-    /work/venvs/peers/bin/pip install "zuko==1.6.*" nflows==0.14 normflows==1.7.3 torch==2.13.0
+    /work/venvs/peers/bin/pip install "zuko==1.6.*" nflows==0.14 normflows==1.7.3 scikit-learn==1.9.1 torch==2.13.0
     /work/venvs/peers/bin/pip install --no-deps -e .
     OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_autoregressive.py [--rounds 15]
     OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_autoregressive.py --only sampling --dims 8,32,64

@@ -5,7 +5,7 @@ Two measurements, never run by the test suite:
 * speed, on Gaussian data of dimension ``--dim``: training steps per second, log-densities per second and
   the time of the inverse (the sampling direction, a fixed-point iteration in every block), the two
   libraries timed **interleaved**, round by round in one process, and summarised by the median of the
-  per-round ratios coursekit / normflows with their range over the rounds;
+  per-round ratios coursekit / normflows with their interquartile range over the rounds;
 * test NLL at an equal training budget, on two moons (nats) and on scikit-learn's 8x8 digits (bits per
   dimension): the same training loop, optimiser, learning rate, batches and number of steps for both,
   and the same scoring with **exact** log-determinants (the autograd Jacobian of the whole density-direction
@@ -14,7 +14,7 @@ Two measurements, never run by the test suite:
 Run it in an environment that has normflows next to the same torch (not the course's .venv)::
 
     python3 -m venv /work/venvs/peers
-    /work/venvs/peers/bin/pip install torch==2.13.0 normflows==1.7.3 scikit-learn
+    /work/venvs/peers/bin/pip install torch==2.13.0 normflows==1.7.3 scikit-learn==1.9.1
     /work/venvs/peers/bin/pip install --no-deps -e .
     OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_residual.py
     OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_residual.py --no-nll --rounds 9
@@ -69,7 +69,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's coursekit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import n_params  # noqa: E402
+from _common import Table, n_params, print_tables, speed_table  # noqa: E402
 
 K = 17  # digits' pixel values 0..16
 
@@ -191,7 +191,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def speed(args, device, trained=None, data=None) -> None:
+def speed(args, device, trained=None, data=None) -> Table:
     """Interleaved rounds: each round times every library on every measure, in alternating order.
 
     ``trained``: the models trained on the digits (their fixed points then take as many iterations as a
@@ -215,7 +215,6 @@ def speed(args, device, trained=None, data=None) -> None:
         x = data[torch.randint(0, data.shape[0], (batch,), generator=gen)].to(device)
     p = x.shape[1]
     z = torch.randn(batch, p, generator=gen).to(device)  # latent points: the inverse's input
-    print(f"\nspeed of the {'trained digits models, on digits in logit space' if trained else 'untrained models'}")
 
     def train_steps(m):
         m.module.train()
@@ -247,45 +246,40 @@ def speed(args, device, trained=None, data=None) -> None:
         with torch.no_grad():
             m.sample(batch)
 
-    measures = (("train", train_steps, args.steps), ("density", density, batch), ("inverse", inverse, batch),
-                ("sample", sampling, batch))
+    measures = {"train": train_steps, "density": density, "inverse": inverse, "sample": sampling}
     for m in models.values():  # warm-up (ActNorm initialisation, allocations)
         train_steps(m)
         prepare(m)
         density(m)
         inverse(m)
-    rates = {name: {k: [] for k, _, _ in measures} for name in models}
+    times = {k: {name: [] for name in models} for k in measures}
     names = list(models)
     for r in range(args.rounds):
         order = names if r % 2 == 0 else names[::-1]
-        for measure, fn, scale in measures:
+        for measure, fn in measures.items():
             for name in order:
                 if measure == "density":
                     prepare(models[name])
-                seconds = _timed(lambda fn=fn, m=models[name]: fn(m))
-                rates[name][measure].append(scale / seconds)
+                times[measure][name].append(_timed(lambda fn=fn, m=models[name]: fn(m)))
     lip = args.coeff**3
     q = (1 - lip**2) / 2
-    print(f"\nspeed, p = {p}, batch {batch}, {args.rounds} interleaved rounds (log-det terms per call on average: "
-          f"coursekit {2 + (1 - q) / q:.1f}; normflows 4 in training, 22 in evaluation mode)")
-    head = ("train steps/s", "log-densities/s", "inverses/s", "samples/s")
-    print(f"{'library':<11}{'params':>9}" + "".join(f"{h:>20}" for h in head))
-    for name in names:
-        med = [statistics.median(v) for v in rates[name].values()]
-        print(f"{name:<11}{n_params(models[name].module):>9,}" + "".join(f"{v:>20,.1f}" for v in med))
-    ratios = {k: [a / b for a, b in zip(rates["coursekit"][k], rates["normflows"][k])] for k in rates["coursekit"]}
-
-    def fmt(v):
-        return f"{statistics.median(v):.2f} [{min(v):.2f}, {max(v):.2f}]"
-
-    print(f"{'ratio':<11}{'':>9}" + "".join(f"{fmt(v):>20}" for v in ratios.values()))
-    print("(ratio: coursekit's speed / normflows', median over the rounds [min, max]; > 1: coursekit is faster;")
-    print(" inverses: the fixed points of all blocks without log-determinants; samples: inverse + log-det estimate)")
+    errors = []
     for name in names:
         m = models[name]
         with torch.no_grad():
-            err = (m.density_map(m.inverse_map(z)) - z).abs().max().item()
-        print(f"{name}: round trip |T^-1(T(z)) - z| up to {err:.1e} (each library's own stopping rule)")
+            errors.append(f"{name} {(m.density_map(m.inverse_map(z)) - z).abs().max().item():.1e}")
+    what = "trained digits models, on digits in logit space" if trained else "untrained models, Gaussian data"
+    return speed_table(
+        f"Residual flows, p = {p}, batch {batch}, {what}, {device}",
+        times, {"train": args.steps, "density": batch, "inverse": batch, "sample": batch},
+        {"train": "train steps/s", "density": "log-densities/s", "inverse": "inverses/s", "sample": "samples/s"},
+        "coursekit", {name: n_params(models[name].module) for name in names},
+        notes=[f"Log-determinant terms per call on average: coursekit {2 + (1 - q) / q:.1f}; normflows 4 in "
+               f"training, 22 in evaluation mode. Training: {args.steps} Adam steps (lr 1e-5) per call; "
+               "inverses: the fixed points of all blocks without log-determinants; samples: inverse and "
+               "log-determinant estimate.",
+               "Round trip |T^-1(T(z)) - z| (each library's own stopping rule): " + ", ".join(errors) + "."],
+    )
 
 
 def train(model: Model, density, data, steps, batch, lr, seed, transform=None, val=None, val_every=200):
@@ -322,7 +316,7 @@ def train(model: Model, density, data, steps, batch, lr, seed, transform=None, v
     return time.perf_counter() - t0
 
 
-def nll(args, device) -> tuple[dict, torch.Tensor]:
+def nll(args, device) -> tuple[Table, dict, torch.Tensor]:
     from coursekit.data import load_digits_split, sample_toy
     from coursekit.flows import bits_per_dim, uniform_dequantize
 
@@ -349,19 +343,21 @@ def nll(args, device) -> tuple[dict, torch.Tensor]:
         nats = float(-density.exact_log_prob(test_y).mean()) + 64 * math.log(K)
         rows[name] = (moons_nll, bits_per_dim(nats, 64), s_moons, s_digits, n_params(model.module))
         trained[name] = model
-    print(f"\ntest NLL at an equal budget (moons: {args.steps_moons} steps, batch 256; digits: {args.steps_digits} "
-          f"steps, batch 128; Adam lr {args.lr}; seed {args.seed}), exact log-determinants")
-    print(f"{'library':<11}{'moons nats':>11}{'digits bits/dim':>17}{'moons train s':>15}{'digits train s':>16}"
-          f"{'digits params':>15}")
+    table = Table(
+        f"Residual flows: test NLL at an equal budget, seed {args.seed}, exact log-determinants, {device}",
+        ["library", "digits params", "moons (nats)", "digits (bits/dim)", "moons train s", "digits train s"])
     for name, (mn, bpd, sm, sd, npar) in rows.items():
-        print(f"{name:<11}{mn:>11.3f}{bpd:>17.3f}{sm:>15.0f}{sd:>16.0f}{npar:>15,}")
+        table.rows.append([name, f"{npar:,}", f"{mn:.3f}", f"{bpd:.3f}", f"{sm:.0f}", f"{sd:.0f}"])
+    table.notes = [f"Moons: {args.steps_moons} steps of 256; digits: {args.steps_digits} steps of 128, best "
+                   f"validation state kept (every {args.val_every} steps); Adam lr {args.lr}; one seed: rerun "
+                   "with others before quoting a difference."]
     from coursekit.flows import Logit
 
     logits = Logit(64).inverse(uniform_dequantize(digits.train, K, torch.Generator(device=device).manual_seed(5)))[0]
-    return trained, logits
+    return table, trained, logits
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dim", type=int, default=64, help="dimension for the speed figures with --no-nll")
     ap.add_argument("--blocks", type=int, default=4)
@@ -383,19 +379,27 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def results(argv=None) -> list[Table]:
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.no_nll:
+        return [speed(args, device)]
+    table, trained, logits = nll(args, device)
+    return [table, speed(args, device, trained, logits)]
+
+
+def main(argv=None):
     import normflows
 
+    args = parser().parse_args(argv)
     print(f"residual flows: {args.blocks} blocks, g with layers (p, {args.hidden}, {args.hidden}, p) of spectral "
           f"norm <= {args.coeff} (Lip(g) <= {args.coeff**3:.3f}), coursekit vs normflows "
-          f"{normflows.__version__}, torch {torch.__version__}, {device}, {args.threads} thread(s)")
-    if args.no_nll:
-        speed(args, device)
-    else:
-        trained, logits = nll(args, device)
-        speed(args, device, trained, logits)
+          f"{normflows.__version__}, torch {torch.__version__}, {args.threads} thread(s)", flush=True)
+    print_tables(results(argv))
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ One command, in the environment that has the peer libraries next to the same tor
 A script takes part when it exposes ``results(argv) -> list[_common.Table]``:
 ``bench_coupling.py`` (coupling flows against zuko, nflows, normflows) and
 ``bench_autoregressive.py`` (MAF against the same, and MAF sampling at p = 64 with the goals of
-issue 15) and ``bench_sync.py`` (coursekit alone: training with per-step reads back from the
-device against the deferred reads of its guard; at most 31 rounds). ``bench_residual.py`` is
-included once it exposes the same function (it prints its own interleaved table otherwise: run it
-by hand); RESULTS.md says which scripts were left out and why.
+issue 15), ``bench_residual.py`` (residual flows against normflows; at most 31 rounds; with
+``--nll`` it first trains both on moons and the digits, a few more minutes, and times the
+trained models) and ``bench_sync.py`` (coursekit alone: training with per-step reads back from the
+device against the deferred reads of its guard; at most 31 rounds). RESULTS.md says which scripts
+were left out (a missing peer library, a failure) and why.
 The other scripts of ``benchmarks/`` (``bench_score.py``, ``bench_grading.py``,
 ``digits_coupling.py``) are studies of coursekit alone, quoted by the chapters, not comparisons.
 
@@ -103,7 +104,7 @@ def plan(args) -> list[tuple[str, list[str]]]:
     coupling = common + rounds + (["--nll"] + (["--nll-steps", "300"] if args.quick else []) if args.nll else [])
     runs = [("bench_coupling", coupling), ("bench_autoregressive", common + rounds + sample)]
     residual = common + (["--rounds", "3", "--steps-moons", "100", "--steps-digits", "100"] if args.quick
-                         else ["--rounds", str(args.rounds)])
+                         else ["--rounds", str(min(args.rounds, 31))])
     runs.append(("bench_residual", residual if args.nll else residual + ["--no-nll"]))
     runs.append(("bench_sync", common + ["--rounds", "3" if args.quick else str(min(args.rounds, 31))]))
     if args.nll:
