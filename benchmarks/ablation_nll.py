@@ -14,7 +14,8 @@ MAF variants (5 layers, MADE hidden (64, 64), as ``maf_flow``): ``default`` (``m
 was when this ablation was run, before issue 15 changed it on the strength of this script:
 alternating natural / reversed MADE orders, ``alpha = 5 tanh(a / 5)``, torch's default init of
 every layer, fixed standard normal base; ``random_order+zero_last`` is today's ``maf_flow`` for
-p > 2); ``bound10``, ``bound1e3`` (the clamp bound B; 1e3 is no clamp in practice);
+p > 2); ``bound6.9``, ``bound10``, ``bound1e3`` (the clamp bound B: log 1000, 10, or 1e3, which is no
+clamp in practice);
 ``softclip`` (zuko's soft clip ``alpha = a / (1 + |a| / log 1000)`` in place of the tanh);
 ``zero_last`` (the last MADE layer's weights and biases set to zero, so every layer starts as the
 identity); ``reverse`` (every MADE in the natural order with a ``Reverse`` layer between
@@ -48,7 +49,7 @@ from _common import Table  # noqa: E402
 import nll_peers  # noqa: E402
 from nll_peers import DATASETS, LABEL, mean_sd, protocol_arguments, train_eval, unit  # noqa: E402
 
-MAF_VARIANTS = ("default", "bound10", "bound1e3", "softclip", "zero_last", "reverse", "random_order",
+MAF_VARIANTS = ("default", "bound6.9", "bound10", "bound1e3", "softclip", "zero_last", "reverse", "random_order",
                 "random_degrees", "learned_base", "shift_after")
 REALNVP_VARIANTS = ("default", "clamp1", "clamp6.9", "noclamp", "init")
 
@@ -104,7 +105,8 @@ def maf_builder(variant: str, layers: int, hidden: int):
         from coursekit.flows.autoregressive import AutoregressiveFlow
 
         set_validation(False)
-        bound = 10.0 if "bound10" in opts else 1e3 if "bound1e3" in opts else 5.0
+        bound = (10.0 if "bound10" in opts else 1e3 if "bound1e3" in opts else math.log(1e3) if "bound6.9" in opts
+                 else 5.0)
         gen = torch.Generator().manual_seed(int(torch.randint(2**31, ())))  # follows the run's seed
         mods = []
         for k in range(layers):
