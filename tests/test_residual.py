@@ -424,3 +424,38 @@ def test_a_residual_flow_trains_with_the_roulette_estimator():
     with torch.no_grad():
         end = -flow.log_prob(data).mean().item()
     assert end < start - 0.5, (start, end)
+
+
+def test_the_fixed_point_solver_stops_on_every_sample_and_reports_each_failure():
+    """``_iterative.solve`` (shared by residual blocks and MintNet) reads one number per iteration:
+    it must still stop only when every sample meets its bound, and name NaN, inf, divergence and
+    the iteration cap, whichever sample causes them."""
+    from coursekit.flows._iterative import ConvergenceError, solve
+
+    y = torch.tensor([[0.0, 0.0], [1.0, -2.0], [30.0, 4.0]], dtype=F64)
+    # u <- y - L sin(u): a contraction of constant L per coordinate; Banach's factor L / (1 - L)
+    for L in (0.2, 0.9):
+        u = solve(lambda t, L=L: y - L * torch.sin(t), y, y, 1e-12, 2000, L / (1 - L), "test", "")
+        err = (u + L * torch.sin(u) - y).norm(dim=1)
+        assert (err <= 1e-10 * y.norm(dim=1).clamp(min=1.0)).all(), err
+    # a slow sample (L close to 1) keeps the others iterating: all meet the bound, not only the first
+    rates = torch.tensor([[0.1], [0.1], [0.99]], dtype=F64)
+    u = solve(lambda t: y - rates * torch.sin(t), y, y, 1e-10, 20000, 99.0, "test", "")
+    assert ((u + rates * torch.sin(u) - y).norm(dim=1) <= 1e-9 * y.norm(dim=1).clamp(min=1.0)).all()
+    for bad, what in ((math.nan, "NaN or inf"), (math.inf, "NaN or inf")):
+        for row in range(3):
+            def step(t, row=row, bad=bad):
+                out = y - 0.5 * torch.sin(t)
+                out[row, 1] = bad
+                return out
+
+            with pytest.raises(ConvergenceError, match=what):
+                solve(step, y, y, 1e-12, 50, 1.0, "test", "")
+    with pytest.raises(ConvergenceError, match="did not converge in 3 iterations"):
+        solve(lambda t: y - 0.9 * torch.sin(t), y, y, 1e-14, 3, 9.0, "test", "")
+    # u <- 3 u + 1 diverges on one sample only: stopped early (after step 11), not at the cap
+    grow = torch.tensor([[0.5], [0.5], [3.0]], dtype=F64)
+    with pytest.raises(ConvergenceError, match=r"did not converge in 1[0-9] iterations \(max_iter=10000\)"):
+        solve(lambda t: grow * t + 1.0, y, y, 1e-12, 10_000, 1.0, "test", "")
+    empty = torch.zeros(0, 2, dtype=F64)
+    assert solve(lambda t: t + 1.0, empty, empty, 1e-12, 5, 1.0, "test", "").shape == (0, 2)

@@ -67,27 +67,30 @@ def solve(
     bound, so the returned point is within the tolerance of the solution. Raises
     :class:`ConvergenceError` after ``max_iter`` steps, or at once on a non-finite or exploding step.
     """
+    if u0.shape[0] == 0:
+        return u0
     with torch.no_grad():
         bound = tol * _norms(scale).clamp(min=1.0)
         u = u0
-        first = None
-        size = torch.full_like(bound, math.inf)
+        first = ratio = math.inf
         for k in range(max_iter):
             new = step(u)
-            size = _norms(new - u)
+            # one reduction and one read back per iteration: the largest ratio, over the samples, of
+            # the error bound to the tolerance (NaN or inf once a sample leaves the finite numbers,
+            # since the maximum propagates NaN)
+            ratio = float((factor * _norms(new - u) / bound).max())
             u = new
-            if not bool(torch.isfinite(size).all()):
-                raise ConvergenceError(f"{what}: the fixed-point iteration produced NaN or inf at step {k + 1}. {hint}")
-            if first is None:
-                first = size.max()
-            if bool((factor * size <= bound).all()):
+            if ratio <= 1.0:
                 return u
-            if k >= 10 and bool((size > 1e6 * first.clamp(min=1.0)).any()):
+            if not math.isfinite(ratio):
+                raise ConvergenceError(f"{what}: the fixed-point iteration produced NaN or inf at step {k + 1}. {hint}")
+            if k == 0:
+                first = ratio
+            elif k >= 10 and ratio > 1e6 * first:
                 break  # diverging: report at once instead of running to the cap
-        worst = float((factor * size / bound).max()) * tol
         raise ConvergenceError(
             f"{what}: the fixed-point iteration did not converge in {k + 1} iterations (max_iter={max_iter}): "
-            f"the error bound is still {worst:.3g}, the tolerance is {tol:g} (relative to max(1, ||x||)). {hint}"
+            f"the error bound is still {ratio * tol:.3g}, the tolerance is {tol:g} (relative to max(1, ||x||)). {hint}"
         )
 
 
@@ -143,6 +146,8 @@ def richardson_adjoint(
             d = vjp(w) - g
             w = w - (d if precond is None else d * precond)
         return w
+    if g.shape[0] == 0:
+        return w
     with torch.no_grad():
         bound = tol * _norms(g).clamp(min=1.0)
     for k in range(max_iter):
@@ -150,11 +155,11 @@ def richardson_adjoint(
         if precond is not None:
             d = d * precond
         w = w - d
-        size = _norms(d)
-        if not bool(torch.isfinite(size).all()):
-            raise ConvergenceError(f"{what} (backward): the adjoint iteration produced NaN or inf. {hint}")
-        if bool((factor * size <= bound).all()):
+        ratio = float((factor * _norms(d.detach()) / bound).max())  # one read per iteration, as in solve
+        if ratio <= 1.0:
             return w
+        if not math.isfinite(ratio):
+            raise ConvergenceError(f"{what} (backward): the adjoint iteration produced NaN or inf. {hint}")
     raise ConvergenceError(
         f"{what} (backward): the adjoint iteration J^T w = grad did not converge in {max_iter} iterations. {hint}"
     )
