@@ -548,7 +548,7 @@ def algorithm1_loss(answer):
             fail(f"{what} returned a loss that is detached from the autograd graph (.detach(), .item(), "
                  "torch.tensor(...) or torch.no_grad() on the way): it has no gradient to train the energy with",
                  mistake="contract")
-        value = expect(result, what, shape=(), like=x_pos, grad=True, hint="one number to backpropagate")
+        expect(result, what, shape=(), like=x_pos, grad=True, hint="one number to backpropagate")
         got = _loss_and_grad(result, params)
         tol = TOL[dtype]
 
