@@ -142,12 +142,12 @@ def _coursekit_iaf(p, layers, hidden):
 # name -> (builder, network passes per layer to sample)
 SAMPLERS = {
     "coursekit MAF, incremental (default)": (build_coursekit, "p small steps, 1 pass of arithmetic"),
-    "coursekit MAF, naive=True": (lambda p, l, h: _coursekit_maf(p, l, h, naive=True), "p"),
+    "coursekit MAF, naive=True": (lambda p, layers, h: _coursekit_maf(p, layers, h, naive=True), "p"),
     "coursekit IAF": (_coursekit_iaf, "1"),
     "zuko MAF": (build_zuko, "p"),
     "nflows MAF": (build_nflows, "p"),
     "normflows MAF": (build_normflows, "p"),
-    "normflows, default composition (an IAF)": (lambda p, l, h: _normflows(p, l, h, maf=False), "1"),
+    "normflows, default composition (an IAF)": (lambda p, layers, h: _normflows(p, layers, h, maf=False), "1"),
 }
 INC, NAIVE, IAF = list(SAMPLERS)[:3]
 

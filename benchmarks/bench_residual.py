@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Every test of the course (what `make test` and .ci/run run):
+#   0. ruff over coursekit, tests and benchmarks (pyproject.toml's [tool.ruff]);
 #   1. build the public book (executes every lecture; -W -n: warnings are errors);
 #   2. pytest: package unit tests and doctests, exercise checks (pass / blank / mistakes), generated files in sync,
 #      grading of every generated exercise notebook, the built HTML (offline, sidebar, Colab, math in Chromium),
@@ -20,6 +21,8 @@ if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
     || echo "warning: could not install$missing; the browser check and sandbox tests will say so"
 fi
 
+make --no-print-directory setup
+.venv/bin/ruff check coursekit tests benchmarks  # lint first: seconds, and it names the line
 make --no-print-directory book MODE=fast  # the tests read the fast-mode build in _build/html
 t1=$(date +%s)
 

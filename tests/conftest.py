@@ -1,6 +1,8 @@
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -13,3 +15,30 @@ def fixtures() -> Path:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+class HostReads:
+    """Counts the reads of tensor values into Python (bool, float, int, item, tolist): on a GPU
+    each is a synchronisation that stalls the pipeline. torch.optim's reads are not counted:
+    they read the optimisers' step counters, which stay on the host (capturable=False)."""
+
+    NAMES = ("__bool__", "__float__", "__int__", "item", "tolist")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(t, *args, _original=original, **kwargs):
+                if "/torch/optim/" not in sys._getframe(1).f_code.co_filename.replace("\\", "/"):
+                    self.count += 1
+                return _original(t, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.fixture
+def host_reads():
+    """``host_reads(monkeypatch)`` starts counting reads of tensor values into Python (see
+    :class:`HostReads`); ``monkeypatch.undo()`` stops it."""
+    return HostReads

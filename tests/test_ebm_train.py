@@ -130,3 +130,47 @@ def test_after_step_runs_after_every_optimiser_step():
               after_step=lambda: calls.append(next(U.parameters()).detach().clone()))
     assert len(calls) == 7
     assert not torch.equal(calls[0], calls[-1])  # it saw the parameters after the steps
+
+
+def test_training_reads_the_device_once_per_window(monkeypatch, host_reads):
+    """Algorithm 1's loop keeps each iteration's loss and mean energies on the device and reads
+    them back together every 25 iterations (with the guard's parameter check): a few reads per
+    window, not several per iteration (each is a host synchronisation on a GPU). The history is
+    still complete and in order."""
+    torch.manual_seed(0)
+    U = MLPEnergy(2, hidden=8)
+    n_iter = 100
+    reads = host_reads(monkeypatch)
+    res = train_ebm(U, torch.randn(128, 2), n_iter=n_iter, batch_size=16, n_steps=5, gamma=0.01, reg=0.0)
+    count = reads.count
+    monkeypatch.undo()
+    assert len(res.loss) == len(res.e_pos) == len(res.e_neg) == n_iter
+    assert all(math.isfinite(v) for v in res.loss + res.e_pos + res.e_neg)
+    # the logged values are the iterations' own: the loss is U(X+) - U(X-) (reg = 0 here)
+    assert all(abs(v - (p - n)) < 1e-5 * (1 + abs(p) + abs(n)) for v, p, n in zip(res.loss, res.e_pos, res.e_neg))
+    windows = n_iter // 25 + 1
+    assert count <= 2 * windows + 12, count  # against about 7 per iteration before
+
+
+def test_a_chain_that_diverges_between_reads_is_reported_at_its_iteration():
+    """The chains are no longer scanned for NaN at every iteration: a chain that leaves the finite
+    numbers at iteration 40 is reported at iteration 40 (when the window is read), with the
+    advice, and the energy is back at its last checked parameters (iteration 25)."""
+    torch.manual_seed(0)
+    U, states = MLPEnergy(2, hidden=8), []
+
+    def sampler(energy, x0, k):
+        states.append({n: t.detach().clone() for n, t in energy.state_dict().items()})
+        return x0 * float("nan") if len(states) - 1 == 40 else x0
+
+    with pytest.raises(TrainingDiverged, match=r"step 40: the mean sample energy U\(X-\).* is nan.*Lower the ULA") as info:
+        train_ebm(U, torch.randn(64, 2), n_iter=100, batch_size=8, n_steps=1, sampler=sampler)
+    res = info.value.history
+    assert res.stopped_at == 40 and res.restored_step == 25 and not U.training
+    assert all(torch.equal(t, states[25][n]) for n, t in U.state_dict().items())
+    assert len(res.loss) == 40 and all(math.isfinite(v) for v in res.loss)  # iterations 0..39, checked
+    # ULA itself, unscanned inside the loop: a step far too large for this energy gives inf/NaN
+    torch.manual_seed(0)
+    with pytest.raises(TrainingDiverged, match=r"U\(X-\).*(nan|inf).*Lower the ULA step gamma"):
+        train_ebm(MLPEnergy(2, hidden=8), torch.randn(64, 2), n_iter=60, batch_size=8, n_steps=200, gamma=1e6,
+                  reg=0.0)

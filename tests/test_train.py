@@ -2,7 +2,6 @@
 device and dtype, and stop with a clear message on bad input or divergence."""
 
 import math
-import sys
 
 import pytest
 import torch
@@ -168,28 +167,8 @@ def test_fit_mle_rejects_bad_transform_and_validation_settings():
 # ----------------------------------------------------------------------------- host synchronisation
 
 
-class _HostReads:
-    """Counts the reads of tensor values into Python (bool, float, int, item, tolist): on a GPU
-    each is a synchronisation that stalls the pipeline. torch.optim's reads are not counted:
-    they read the optimisers' step counters, which stay on the host (capturable=False)."""
-
-    NAMES = ("__bool__", "__float__", "__int__", "item", "tolist")
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        for name in self.NAMES:
-            original = getattr(torch.Tensor, name)
-
-            def counted(t, *args, _original=original, **kwargs):
-                if "/torch/optim/" not in sys._getframe(1).f_code.co_filename.replace("\\", "/"):
-                    self.count += 1
-                return _original(t, *args, **kwargs)
-
-            monkeypatch.setattr(torch.Tensor, name, counted)
-
-
 @pytest.mark.parametrize("model", ["realnvp", "maf"])
-def test_training_loops_read_the_device_once_per_checkpoint(model, monkeypatch):
+def test_training_loops_read_the_device_once_per_checkpoint(model, monkeypatch, host_reads):
     """fit_mle, fit_reverse_kl and distill read losses and checks back once per 25 steps (the
     guard's checkpoints), not at every step: the data are checked once, the batches are not
     rescanned for NaN, and the losses stay on the device until a checkpoint. (A planar flow's
@@ -211,7 +190,7 @@ def test_training_loops_read_the_device_once_per_checkpoint(model, monkeypatch):
     if model == "maf":
         runs["distill"] = lambda: distill(iaf_flow(2, 2, hidden=(16,)), build(), steps=steps, batch_size=32)
     for name, run in runs.items():
-        reads = _HostReads(monkeypatch)
+        reads = host_reads(monkeypatch)
         hist = run()
         assert len(hist) == steps and all(math.isfinite(v) for v in hist), name
         checkpoints = steps // 25 + 1

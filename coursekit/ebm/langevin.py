@@ -154,8 +154,19 @@ def ula(energy: Callable[[Tensor], Tensor], x0: Tensor, gamma: float | Sequence[
     V.boolean("return_chain", return_chain)
     V.nonneg_int("check_every", check_every)
     _check_generator(generator, x0)
+    chain = [x0.detach()] if return_chain else None
+    x = _ula_steps(energy, x0, gammas, generator, chain, check_every)
+    if not torch.isfinite(x).all():
+        raise _diverged("ULA", n_steps, gammas[-1] if gammas else 0.0, "Lower gamma, or use a decreasing schedule.")
+    return torch.stack(chain) if chain is not None else x
+
+
+def _ula_steps(energy, x0: Tensor, gammas: list[float], generator=None, chain: list | None = None,
+               check_every: int = 0) -> Tensor:
+    """The ULA recursion itself, on checked arguments, with no read back from the device unless
+    ``check_every`` asks for one (:func:`ula` checks the start and the end around it; the EBM
+    trainer, which watches the energies of every iteration on the device, calls it directly)."""
     x = x0.detach()
-    chain = [x] if return_chain else None
     with _inputs_trusted():
         for k, g in enumerate(gammas):
             _, grad = energy_and_grad(energy, x)
@@ -165,9 +176,7 @@ def ula(energy: Callable[[Tensor], Tensor], x0: Tensor, gamma: float | Sequence[
                 chain.append(x)
             if check_every and (k + 1) % check_every == 0 and not torch.isfinite(x).all():
                 raise _diverged("ULA", k + 1, g, "Lower gamma, or use a decreasing schedule.")
-    if not torch.isfinite(x).all():
-        raise _diverged("ULA", n_steps, gammas[-1] if gammas else 0.0, "Lower gamma, or use a decreasing schedule.")
-    return torch.stack(chain) if chain is not None else x
+    return x
 
 
 def decoupled_langevin(energy: Callable[[Tensor], Tensor], x0: Tensor, step_size: float, noise_std: float,

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..registry import Delegation, ExerciseFailure, current
 
-__all__ = ["fail", "require_callable", "draws", "call", "expect", "expect_pair", "close", "randomised",
+__all__ = ["fail", "require_callable", "draws", "call", "expect", "expect_pair", "close", "randomised", "stays_on_meta",
            "SEED_ENV", "F64", "CASES", "tol", "randint", "batch_size", "random_input", "per_row", "same_gradients",
            "on_meta", "devices", "probes", "Network", "layer_delegation"]
 
@@ -415,6 +415,17 @@ def on_meta(answer, *args, what: str):
     finally:
         set_validation(was)
         torch.distributions.Distribution.set_default_validate_args(was_dist)
+
+
+def stays_on_meta(answer, *args, what: str) -> None:
+    """:func:`on_meta`, then every tensor the answer returns (one, or a tuple or list of them) must
+    still be on ``meta``: a result rebuilt on the CPU (``torch.tensor(...)``, ``.cpu()``) would be on
+    the wrong device on a GPU."""
+    result = on_meta(answer, *args, what=what)
+    for r in result if isinstance(result, (tuple, list)) else [result]:
+        if isinstance(r, torch.Tensor) and r.device.type != "meta":
+            fail(f"{what} must return its result on the input's device, but it moved it to {r.device.type} "
+                 "(no .cpu(), .cuda(), .numpy() or torch.tensor(...)): compute from the inputs", mistake="contract")
 
 
 def devices() -> list[str]:

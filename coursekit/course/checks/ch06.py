@@ -21,8 +21,8 @@ import numbers
 import torch
 from torch import nn
 
-from ..registry import ExerciseFailure, exercise
-from ._common import call, draws, expect, fail, require_callable
+from ..registry import exercise
+from ._common import call, draws, expect, fail, require_callable, stays_on_meta
 
 __all__ = ["grad_log_z", "hess_log_z", "ula_step", "ula_variance", "algorithm1_loss"]
 
@@ -59,28 +59,6 @@ def _devices() -> list[str]:
     return ["cuda"] if torch.cuda.is_available() else []
 
 
-# what torch says when an answer copies a meta tensor's (absent) data to the host
-_MOVED_OFF_META = ("Cannot copy out of meta tensor", "can't convert meta device type tensor to numpy")
-
-
-def _on_meta(answer, args, name: str, like: torch.Tensor) -> None:
-    """Run ``answer`` on "meta" copies of its inputs: if it runs there, its result must stay on
-    meta (catches ``.cpu()``, ``.numpy()``, ``torch.tensor(...)``). Ops that meta does not support
-    skip the probe silently. Runs after the answer passed on CPU, so forbidden calls are already
-    excluded."""
-    try:
-        result = answer(*args)
-    except ExerciseFailure:
-        raise
-    except Exception as err:
-        if any(m in str(err) for m in _MOVED_OFF_META):
-            fail(f"`{name}` must be on the input's device, but your function copies the tensors to the CPU "
-                 "(.cpu(), .numpy(), .tolist() or .to('cpu')): compute from the inputs, on their device",
-                 mistake="contract")
-        return
-    if isinstance(result, torch.Tensor) and result.device != like.device:
-        fail(f"`{name}` must be on the input's device, but your function moved it to {result.device.type} "
-             "(no .cpu(), .cuda(), .numpy() or torch.tensor(...)): compute from the inputs", mistake="contract")
 
 
 def _graph_kept(inputs: dict[str, torch.Tensor], before: dict[str, tuple]) -> None:
@@ -180,8 +158,7 @@ def grad_log_z(answer):
                  + ". Divide the sum over the samples by their number n, read from grad_U", mistake="scale")
         fail("this is not the Monte Carlo estimate of grad log Z: write grad Z / Z, recognise an expectation "
              "under p_theta, and estimate it by an average over the rows of grad_U")
-    _on_meta(answer, (torch.empty(7, 3, device="meta", dtype=F64),), "grad_log_Z(grad_U)",
-             torch.empty(0, device="meta"))
+    stays_on_meta(answer, torch.empty(7, 3, device="meta", dtype=F64), what="grad_log_Z(grad_U)")
 
 
 _HESS_MISTAKES = {
@@ -237,8 +214,8 @@ def hess_log_z(answer):
         fail("this is not the Monte Carlo estimate of the Hessian of log Z: differentiate "
              "grad log Z = -E_theta[grad U] once more (product rule, and the derivative of p_theta), then "
              "replace each expectation by an average over the samples")
-    _on_meta(answer, (torch.empty(7, 3, device="meta", dtype=F64), torch.empty(7, 3, 3, device="meta", dtype=F64)),
-             "hess_log_Z(grad_U, hess_U)", torch.empty(0, device="meta"))
+    stays_on_meta(answer, torch.empty(7, 3, device="meta", dtype=F64), torch.empty(7, 3, 3, device="meta", dtype=F64),
+                  what="hess_log_Z(grad_U, hess_U)")
 
 
 # ------------------------------------------------------------------ 6.3: one ULA step
@@ -335,7 +312,7 @@ def ula_step(answer):
         fail("this is not the Euler-Maruyama step of the Langevin diffusion: the new state is x, plus the drift "
              "over a time gamma, plus the Brownian increment over a time gamma written with z")
     meta = torch.empty(4, 3, device="meta", dtype=F64)
-    _on_meta(answer, (meta, torch.empty_like(meta), 0.1, torch.empty_like(meta)), what, meta)
+    stays_on_meta(answer, meta, torch.empty_like(meta), 0.1, torch.empty_like(meta), what=what)
 
 
 # ------------------------------------------------------------------ 6.4: ULA's stationary variance
@@ -437,8 +414,7 @@ def ula_variance(answer):
         fail(("too large" if bool((got > exact).all()) else "too small" if bool((got < exact).all()) else "wrong")
              + ": write one ULA step on U(x) = x^2/(2 s2) as X' = a X + sqrt(2 gamma) Z and solve for the "
              "variance v that the step leaves unchanged")
-    _on_meta(answer, (torch.empty(3, device="meta", dtype=F64), torch.empty(3, device="meta", dtype=F64)), what,
-             torch.empty(0, device="meta"))
+    stays_on_meta(answer, torch.empty(3, device="meta", dtype=F64), torch.empty(3, device="meta", dtype=F64), what=what)
 
 
 # ------------------------------------------------------------------ 6.5: the loss of Algorithm 1
@@ -548,7 +524,7 @@ def algorithm1_loss(answer):
             fail(f"{what} returned a loss that is detached from the autograd graph (.detach(), .item(), "
                  "torch.tensor(...) or torch.no_grad() on the way): it has no gradient to train the energy with",
                  mistake="contract")
-        value = expect(result, what, shape=(), like=x_pos, grad=True, hint="one number to backpropagate")
+        expect(result, what, shape=(), like=x_pos, grad=True, hint="one number to backpropagate")
         got = _loss_and_grad(result, params)
         tol = TOL[dtype]
 
@@ -598,5 +574,5 @@ def algorithm1_loss(answer):
         fail("the value of the loss is wrong: it is the mean energy of the data minus the mean energy of the "
              "negatives, plus reg times the mean squared energies of both batches")
     meta = _MLPEnergy(2, 3, torch.Generator().manual_seed(0)).to("meta")
-    _on_meta(answer, (meta, torch.empty(5, 2, device="meta", dtype=F64), torch.empty(6, 2, device="meta", dtype=F64),
-                      0.5), what, torch.empty(0, device="meta"))
+    stays_on_meta(answer, meta, torch.empty(5, 2, device="meta", dtype=F64),
+                  torch.empty(6, 2, device="meta", dtype=F64), 0.5, what=what)

@@ -18,15 +18,14 @@ import math
 import torch
 from torch import nn
 
-from ..registry import ExerciseFailure, exercise
-from ._common import call, draws, expect, expect_pair, fail, require_callable
+from ..registry import exercise
+from ._common import call, draws, expect, expect_pair, fail, require_callable, stays_on_meta
 
 __all__ = ["dsm_target", "hyvarinen_loss", "mala_step"]
 
 NOTEBOOK = "ex07_score_matching"
 F64, F32 = torch.float64, torch.float32
 TOL = {F64: 1e-9, F32: 1e-4}
-_MOVED_OFF_META = ("Cannot copy out of meta tensor", "can't convert meta device type tensor to numpy")
 
 
 def _randint(g: torch.Generator, lo: int, hi: int) -> int:
@@ -44,24 +43,6 @@ def _near(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
 
 def _devices() -> list[str]:
     return ["cuda"] if torch.cuda.is_available() else []
-
-
-def _on_meta(answer, args, name: str) -> None:
-    """Run ``answer`` on "meta" inputs: if it runs, every tensor it returns must stay on meta."""
-    try:
-        result = answer(*args)
-    except ExerciseFailure:
-        raise
-    except Exception as err:
-        if any(m in str(err) for m in _MOVED_OFF_META):
-            fail(f"`{name}` must be on the input's device, but your function copies tensors to the CPU "
-                 "(.cpu(), .numpy(), .tolist() or .to('cpu')): compute from the inputs, on their device",
-                 mistake="contract")
-        return
-    for r in result if isinstance(result, (tuple, list)) else [result]:
-        if isinstance(r, torch.Tensor) and r.device.type != "meta":
-            fail(f"`{name}` must be on the input's device, but your function moved a result to {r.device.type} "
-                 "(no .cpu(), .cuda(), .numpy() or torch.tensor(...)): compute from the inputs", mistake="contract")
 
 
 def _flags_kept(inputs: dict[str, torch.Tensor], before: dict[str, tuple]) -> None:
@@ -157,7 +138,7 @@ def dsm_target(answer):
                  "formula with sigma as given, so that it broadcasts over the coordinates")
         fail("the target is the gradient in x_noisy of log N(x_noisy; x, sigma^2 I): a multiple of x_noisy - x")
     meta = torch.empty(5, 3, device="meta", dtype=F64)
-    _on_meta(answer, (meta, torch.empty_like(meta), 0.7), what)
+    stays_on_meta(answer, meta, torch.empty_like(meta), 0.7, what=what)
 
 
 # ------------------------------------------------------------------ 7.2: Hyvarinen's objective
@@ -268,7 +249,7 @@ def hyvarinen_loss(answer):
         fail("the value is right but its gradient in theta is not: keep every backward pass in the graph "
              "(create_graph=True) and do not detach any part of the loss", mistake="contract")
     meta = _Energy(torch.Generator().manual_seed(1), 3, F64).to("meta")
-    _on_meta(answer, (meta, torch.empty(4, 3, device="meta", dtype=F64)), what)
+    stays_on_meta(answer, meta, torch.empty(4, 3, device="meta", dtype=F64), what=what)
 
 
 # ------------------------------------------------------------------ 7.3: one MALA step
@@ -402,4 +383,5 @@ def mala_step(answer):
                  "log u < log alpha (with probability alpha), keep x otherwise, row by row", mistake="accept-rule")
     meta_U = _MalaEnergy(torch.Generator().manual_seed(1), 2, F64).to("meta")
     meta = torch.empty(6, 2, device="meta", dtype=F64)
-    _on_meta(answer, (meta_U, meta, torch.empty_like(meta), 0.3, torch.empty(6, device="meta", dtype=F64)), what)
+    stays_on_meta(answer, meta_U, meta, torch.empty_like(meta), 0.3, torch.empty(6, device="meta", dtype=F64),
+                  what=what)
