@@ -29,7 +29,8 @@ direction, ``z = exp(-alpha) x + b`` with ``b`` the network's output, in place o
 Real-NVP variants (8 couplings, MLP hidden (64, 64), as ``make_realnvp``; half/half partitions
 in 2-D, the 8x8 checkerboard on the digits): ``default`` (clamp 3, zero-initialised last layer);
 ``clamp1``, ``clamp6.9``, ``noclamp``; ``init`` (torch's default init of the last layer, not
-zero); combinations joined by ``+``.
+zero); ``softclip`` (zuko's soft clip in place of the tanh clamp); ``shift_after`` (the peers'
+form of the density direction, ``z_b = exp(-alpha) x_b + b``); combinations joined by ``+``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from nll_peers import DATASETS, LABEL, mean_sd, protocol_arguments, train_eval, 
 
 MAF_VARIANTS = ("default", "bound6.9", "bound10", "bound1e3", "softclip", "zero_last", "reverse", "random_order",
                 "random_degrees", "learned_base", "shift_after")
-REALNVP_VARIANTS = ("default", "clamp1", "clamp6.9", "noclamp", "init")
+REALNVP_VARIANTS = ("default", "clamp1", "clamp6.9", "noclamp", "init", "softclip", "shift_after")
 
 
 class _LearnedBase(torch.nn.Module):
@@ -162,9 +163,29 @@ def realnvp_builder(variant: str, layers: int, hidden: int):
         kw = dict(kind="checkerboard", shape=(8, 8)) if image else dict(kind="half")
         flow = Flow(make_realnvp(p, n_layers=layers, hidden=(hidden, hidden), zero_init="init" not in opts,
                                  clamp=clamp, **kw))
+        if opts & {"softclip", "shift_after"}:
+            from coursekit.flows import AffineCoupling
+
+            for layer in flow.modules():
+                if isinstance(layer, AffineCoupling):
+                    layer._params = _coupling_params(layer, opts)
         return flow, flow.log_prob
 
     return build
+
+
+def _coupling_params(layer, opts):
+    """An affine coupling's ``(alpha, m)`` with zuko's soft clip and/or its shift-after form
+    (``z_b = exp(-alpha) x_b + b`` in the density direction, i.e. ``m = -b exp(alpha)``)."""
+    def params(a, layer=layer):
+        s, b = layer.net(a).chunk(2, dim=1)
+        if "softclip" in opts:
+            alpha = s / (1 + s.abs() / math.log(1e3))
+        else:
+            alpha = layer.clamp * torch.tanh(s / layer.clamp) if layer.clamp is not None else s
+        return alpha, (-b * torch.exp(alpha) if "shift_after" in opts else b)
+
+    return params
 
 
 def results(argv=None) -> list[Table]:
