@@ -59,8 +59,6 @@ def _devices() -> list[str]:
     return ["cuda"] if torch.cuda.is_available() else []
 
 
-
-
 def _graph_kept(inputs: dict[str, torch.Tensor], before: dict[str, tuple]) -> None:
     """Fail (in-place) if the answer cut an input off its graph in place (``x.detach_()``,
     ``x.requires_grad_(False)``): the values are unchanged, but the caller's tensor is not."""
