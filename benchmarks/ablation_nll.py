@@ -27,10 +27,13 @@ direction, ``z = exp(-alpha) x + b`` with ``b`` the network's output, in place o
 ``z = (x - m) exp(-alpha)``); and combinations joined by ``+``.
 
 Real-NVP variants (8 couplings, MLP hidden (64, 64), as ``make_realnvp``; half/half partitions
-in 2-D, the 8x8 checkerboard on the digits): ``default`` (clamp 3, zero-initialised last layer);
-``clamp1``, ``clamp6.9``, ``noclamp``; ``init`` (torch's default init of the last layer, not
-zero); ``softclip`` (zuko's soft clip in place of the tanh clamp); ``shift_after`` (the peers'
-form of the density direction, ``z_b = exp(-alpha) x_b + b``); combinations joined by ``+``.
+in 2-D, the 8x8 checkerboard on the digits): ``default`` (today's ``make_realnvp``: clamp 3,
+zero-initialised last layer, the shift added after the scaling in the density direction,
+``z_b = exp(-alpha) x_b + b``); ``clamp1``, ``clamp6.9``, ``noclamp``; ``init`` (torch's default
+init of the last layer, not zero); ``softclip`` (zuko's soft clip in place of the tanh clamp);
+``shift_before`` (the slides' form ``z_b = (x_b - m) exp(-alpha)`` with ``m`` the network's
+output, ``make_realnvp``'s default before issue 15 changed it on the strength of this script);
+combinations joined by ``+``.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from nll_peers import DATASETS, LABEL, mean_sd, protocol_arguments, train_eval, 
 
 MAF_VARIANTS = ("default", "bound6.9", "bound10", "bound1e3", "softclip", "zero_last", "reverse", "random_order",
                 "random_degrees", "learned_base", "shift_after")
-REALNVP_VARIANTS = ("default", "clamp1", "clamp6.9", "noclamp", "init", "softclip", "shift_after")
+REALNVP_VARIANTS = ("default", "clamp1", "clamp6.9", "noclamp", "init", "softclip", "shift_before")
 
 
 class _LearnedBase(torch.nn.Module):
@@ -162,28 +165,23 @@ def realnvp_builder(variant: str, layers: int, hidden: int):
         clamp = 1.0 if "clamp1" in opts else math.log(1e3) if "clamp6.9" in opts else None if "noclamp" in opts else 3.0
         kw = dict(kind="checkerboard", shape=(8, 8)) if image else dict(kind="half")
         flow = Flow(make_realnvp(p, n_layers=layers, hidden=(hidden, hidden), zero_init="init" not in opts,
-                                 clamp=clamp, **kw))
-        if opts & {"softclip", "shift_after"}:
+                                 clamp=clamp, shift="before" if "shift_before" in opts else "after", **kw))
+        if "softclip" in opts:
             from coursekit.flows import AffineCoupling
 
             for layer in flow.modules():
                 if isinstance(layer, AffineCoupling):
-                    layer._params = _coupling_params(layer, opts)
+                    layer._params = _softclip_params(layer)
         return flow, flow.log_prob
 
     return build
 
 
-def _coupling_params(layer, opts):
-    """An affine coupling's ``(alpha, m)`` with zuko's soft clip and/or its shift-after form
-    (``z_b = exp(-alpha) x_b + b`` in the density direction, i.e. ``m = -b exp(alpha)``)."""
+def _softclip_params(layer):
+    """An affine coupling's ``(alpha, shift)`` with zuko's soft clip in place of the tanh clamp."""
     def params(a, layer=layer):
-        s, b = layer.net(a).chunk(2, dim=1)
-        if "softclip" in opts:
-            alpha = s / (1 + s.abs() / math.log(1e3))
-        else:
-            alpha = layer.clamp * torch.tanh(s / layer.clamp) if layer.clamp is not None else s
-        return alpha, (-b * torch.exp(alpha) if "shift_after" in opts else b)
+        s, shift = layer.net(a).chunk(2, dim=1)
+        return s / (1 + s.abs() / math.log(1e3)), shift
 
     return params
 

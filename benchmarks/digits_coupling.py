@@ -66,6 +66,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--sweep", action="store_true", help="the validation grid instead of the chapter's settings")
+    ap.add_argument("--models", default="NICE,Real-NVP", help="comma-separated: NICE, Real-NVP or both")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -78,6 +79,10 @@ def main():
         configs += [("Real-NVP", dict(weight_decay=wd, clamp=c)) for wd, c in grid]
     else:
         configs = list(CHAPTER.items())
+    models = args.models.split(",")
+    if not set(models) <= set(CHAPTER):
+        raise SystemExit(f"--models: unknown {sorted(set(models) - set(CHAPTER))}; choose from {', '.join(CHAPTER)}")
+    configs = [(name, settings) for name, settings in configs if name in models]
     print(f"digits: {len(digits.train)} train / {len(digits.val)} val / {len(digits.test)} test; "
           f"{args.layers} layers of ({args.hidden}, {args.hidden}); {args.steps} steps; device {args.device}")
     print(f"{'model':>9} {'settings':>32} | {'seed':>4} | {'val bpd':>7} | {'test bpd':>8} | {'kept step':>9} | "

@@ -130,6 +130,32 @@ def test_zero_init_starts_at_identity_and_stacks_match_autograd():
     assert torch.allclose(model.inverse(x)[0], z, atol=1e-9)
 
 
+@pytest.mark.parametrize("clamp", [3.0, None])
+def test_shift_after_is_the_slides_map_with_m_equal_to_minus_b_exp_alpha(clamp):
+    # the two parametrisations of the same map family: with the network's outputs (s, b), "after"
+    # computes x_b = z_b exp(alpha) + m with m = -b exp(alpha), and "before" reads m = b directly
+    torch.manual_seed(0)
+    after = _perturb(AffineCoupling(5, hidden=(16,), clamp=clamp).double())
+    before = AffineCoupling(5, hidden=(16,), clamp=clamp, shift="before").double()
+    before.load_state_dict(after.state_dict())
+    z = torch.randn(8, 5, dtype=torch.float64)
+    za, zb = after._split(z)
+    s, b = after.net(za).chunk(2, dim=1)
+    alpha = clamp * torch.tanh(s / clamp) if clamp is not None else s
+    assert alpha.abs().max() > 0.1 and b.abs().max() > 0.1  # a layer far from the identity
+    x, ld = after(z)
+    expected = after._merge(za, zb * alpha.exp() - b * alpha.exp())
+    assert torch.allclose(x, expected, atol=1e-12) and torch.allclose(ld, alpha.sum(1), atol=1e-12)
+    x_before, ld_before = before(z)
+    assert torch.allclose(x_before, before._merge(za, zb * alpha.exp() + b), atol=1e-12)
+    assert torch.allclose(ld_before, ld, atol=1e-12)
+    assert not torch.allclose(x_before, x, atol=1e-3)  # the same weights give another map
+    # the density direction of "after" is linear in (b, exp(-alpha)): z_b = x_b exp(-alpha) + b
+    xa, xb = after._split(x)
+    assert torch.allclose(after.inverse(x)[0], after._merge(xa, xb * torch.exp(-alpha) + b), atol=1e-12)
+    assert "shift=after" in repr(after) and "shift=before" in repr(before)
+
+
 def test_soft_clamp_bounds_the_scales():
     torch.manual_seed(0)
     layer = _perturb(AffineCoupling(6, hidden=(32,), clamp=2.0), scale=50.0)  # absurd weights

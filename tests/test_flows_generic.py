@@ -229,6 +229,7 @@ CASES = {
     ),
     "MultiScale-1x4x4": lambda: flows.make_multiscale((1, 4, 4), n_scales=1, hidden=(16,)),
     "Inverted-AffineCoupling": lambda: flows.Inverted(flows.AffineCoupling(DIM, hidden=(16,))),
+    "AffineCoupling-shift-before": lambda: flows.AffineCoupling(DIM, hidden=(16,), shift="before"),
     "Inverted-MintLayer-1x4x4": lambda: flows.Inverted(flows.MintLayer(1, spatial=(4, 4))),
     # clamp=1: with PERTURB on every weight, 8-channel couplings at clamp 3 compound to scales ~1e6, and the
     # round trip would test the conditioning of the perturbed map rather than the code
