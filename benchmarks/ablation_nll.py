@@ -13,18 +13,20 @@ Never run by the test suite::
 MAF variants (5 layers, MADE hidden (64, 64), as ``maf_flow``): ``default`` (``maf_flow`` as it
 was when this ablation was run, before issue 15 changed it on the strength of this script:
 alternating natural / reversed MADE orders, ``alpha = 5 tanh(a / 5)``, torch's default init of
-every layer, fixed standard normal base; ``random_order+zero_last`` is today's ``maf_flow`` for
-p > 2); ``bound6.9``, ``bound10``, ``bound1e3`` (the clamp bound B: log 1000, 10, or 1e3, which is no
+every layer, fixed standard normal base; ``random_order+zero_last+shift_after`` is today's ``maf_flow``
+for p > 2, ``zero_last+shift_after`` for p = 2); ``bound6.9``, ``bound10``, ``bound1e3`` (the clamp bound B: log 1000, 10, or 1e3, which is no
 clamp in practice);
 ``softclip`` (zuko's soft clip ``alpha = a / (1 + |a| / log 1000)`` in place of the tanh);
 ``zero_last`` (the last MADE layer's weights and biases set to zero, so every layer starts as the
-identity); ``reverse`` (every MADE in the natural order with a ``Reverse`` layer between
+identity); ``small_last`` (the last MADE layer at a tenth of torch's default initialisation: each layer
+starts near the identity, not at it); ``reverse`` (every MADE in the natural order with a ``Reverse`` layer between
 layers: the same map family, another parametrisation order); ``random_order`` (a random order per
 layer, drawn from the seeded global RNG); ``random_degrees`` (hidden-unit degrees drawn at random,
 as nflows' ``random_mask=True``, instead of cycling 1..p-1); ``learned_base`` (a diagonal Gaussian
 base with trained mean and log-std); ``shift_after`` (the peers' parametrisation of the density
-direction, ``z = exp(-alpha) x + b`` with ``b`` the network's output, in place of coursekit's
-``z = (x - m) exp(-alpha)``); and combinations joined by ``+``.
+direction, ``z = exp(-alpha) x + b`` with ``b`` the network's output, in place of the slides'
+``z = (x - m) exp(-alpha)``: ``MAF(shift="after")``, today's default); and combinations joined by
+``+``.
 
 Real-NVP variants (8 couplings, MLP hidden (64, 64), as ``make_realnvp``; half/half partitions
 in 2-D, the 8x8 checkerboard on the digits): ``default`` (today's ``make_realnvp``: clamp 3,
@@ -54,7 +56,7 @@ import nll_peers  # noqa: E402
 from nll_peers import DATASETS, LABEL, mean_sd, protocol_arguments, train_eval, unit  # noqa: E402
 
 MAF_VARIANTS = ("default", "bound6.9", "bound10", "bound1e3", "softclip", "zero_last", "reverse", "random_order",
-                "random_degrees", "learned_base", "shift_after")
+                "random_degrees", "learned_base", "shift_after", "small_last")
 REALNVP_VARIANTS = ("default", "clamp1", "clamp6.9", "noclamp", "init", "softclip", "shift_before")
 
 
@@ -120,7 +122,7 @@ def maf_builder(variant: str, layers: int, hidden: int):
                 order = "natural"
             else:
                 order = "natural" if k % 2 == 0 else "reversed"
-            layer = MAF(p, (hidden, hidden), order, bound)
+            layer = MAF(p, (hidden, hidden), order, bound, shift="after" if "shift_after" in opts else "before")
             made = layer.conditioner.made
             if "random_degrees" in opts:
                 _random_degree_masks(made, gen)
@@ -129,19 +131,14 @@ def maf_builder(variant: str, layers: int, hidden: int):
                 torch.nn.init.zeros_(made.net[-1].bias)
             else:  # MAF now starts at zero there: give back torch's default initialisation
                 made.net[-1].reset_parameters()
-            clip = layer.conditioner.params
+                if "small_last" in opts:
+                    with torch.no_grad():
+                        made.net[-1].weight.mul_(0.1)
+                        made.net[-1].bias.mul_(0.1)
             if "softclip" in opts:
+                # the log-density only: the sampler's in-place steps keep the tanh (not used here)
                 c = math.log(1e3)
-                clip = lambda raw, c=c: (raw[0], raw[1] / (1 + raw[1].abs() / c))  # noqa: E731
-            if "shift_after" in opts:
-                # z = exp(-alpha) x + b with b the raw output (the peers' form), as coursekit's
-                # z = (x - m) exp(-alpha) with m = -b exp(alpha)
-                def shifted(raw, clip=clip):
-                    b, alpha = clip(raw)
-                    return -b * torch.exp(alpha), alpha
-                layer.conditioner.params = shifted
-            else:
-                layer.conditioner.params = clip
+                layer.conditioner._alpha = lambda a, c=c: a / (1 + a.abs() / c)
             mods.append(layer)
             if "reverse" in opts and k < layers - 1:
                 mods.append(Reverse(p))

@@ -33,7 +33,9 @@ different:
 
 * coursekit: ``maf_flow`` (a random MADE order per layer, no permutation layers; the last MADE
   layer starts at zero, each layer at the identity);
-  scale ``exp(B tanh(a / B))``, ``B = 5``; sampling by ``MADE.solve``, incremental unless ``naive``.
+  scale ``exp(B tanh(a / B))``, ``B = 5``, the shift added after the scaling in the density
+  direction (``z = exp(-alpha) x + b``, as zuko and nflows); sampling by ``MADE.solve``,
+  incremental unless ``naive``.
 * zuko: ``MAF`` (alternating orders as well); ``MonotonicAffineTransform`` (scale ``exp`` of a
   soft-clipped log-scale); sampling inverts each layer with ``p`` full passes.
 * nflows: ``MaskedAutoregressiveFlow(num_blocks_per_layer=1, use_residual_blocks=False)``: a

@@ -26,7 +26,8 @@ MLP with two hidden layers of ``--hidden`` units, partitions alternating between
 standard Gaussian base. The differences that remain, stated so the figures can be read:
 
 * coursekit: ``make_realnvp`` / ``make_nice`` with half/half partitions for speed and the
-  8x8 checkerboard of chapter 4 for digits; log-scale soft-clamped, ``clamp * tanh(s / clamp)``
+  8x8 checkerboard of chapter 4 for digits; the shift added after the scaling in the density
+  direction (``z_b = exp(-alpha) x_b + b``); log-scale soft-clamped, ``clamp * tanh(s / clamp)``
   (clamp 3 here; chapter 4 chose 0.5 on validation, which is not used, to be fair to peers
   run with their defaults); NICE ends with its diagonal rescaling.
 * zuko: ``RealNVP``, even/odd coordinates alternating; its affine maps bound the slope from

@@ -187,7 +187,10 @@ class MADE(nn.Module):
         of the shape of ``t`` that ``f`` may overwrite); the solver without autograd then calls
         ``f`` at every step instead, which saves the allocations of the out-of-place form. With
         it, an optional ``scale`` (one factor per output parameter) is folded into the last layer,
-        so that ``f`` receives ``scale[j] * raw[j]`` (the returned outputs are unscaled).
+        so that ``f`` receives ``scale[j] * raw[j]``, and an optional ``fold`` (a number ``c``) adds
+        ``c * t`` to the first of those rows inside the output layer's matrix product (a step of
+        the form ``(t - shift) * scale`` then needs no subtraction of its own); the returned
+        outputs are unscaled and unfolded.
 
         Output ``i`` reads only the inputs before ``i``, so the solution comes coordinate by
         coordinate. ``naive=True`` takes ``dim`` full passes (after pass ``k`` the first ``k``
@@ -433,7 +436,7 @@ class _SolvePlan:
                         act(mm(w, x, out=h))
                     u_row.copy_(update(mm(hw, hx, out=ho), t_row))
             return self.u[1:], self.out, None
-        scale = None
+        scale, fold = None, getattr(update, "fold", None)
         if getattr(update, "scale", None) is not None:
             scale = self.scales.get(tuple(update.scale))
             if scale is None:
@@ -445,9 +448,29 @@ class _SolvePlan:
         # a tenth of a step's cost at these sizes); the buffers stay normal tensors, so what the
         # caller gets back is one too.
         with torch.inference_mode():
-            for calls, (hw, hx, ho), rows, t_row, u_row in self.steps:
-                for w, x, h, act in calls:
-                    act(mm(w, x, out=h))
-                mm(hw, hx, out=ho)
-                step(rows, t_row, u_row)
+            if fold is None:
+                for calls, (hw, hx, ho), rows, t_row, u_row in self.steps:
+                    for w, x, h, act in calls:
+                        act(mm(w, x, out=h))
+                    mm(hw, hx, out=ho)
+                    step(rows, t_row, u_row)
+            else:
+                # each step's output product starts from (c t, 0, ...) instead of zero
+                folded = self._folded(made.n_params)
+                torch.mul(self.targets, fold, out=folded[:, 0])
+                addmm = torch.addmm
+                for (calls, (hw, hx, ho), rows, t_row, u_row), start in zip(self.steps, folded.unbind(0)):
+                    for w, x, h, act in calls:
+                        act(mm(w, x, out=h))
+                    addmm(start, hw, hx, out=ho)
+                    step(rows, t_row, u_row)
+                self.out.view(made.dim, made.n_params, -1)[:, 0].sub_(folded[:, 0])  # the outputs, unfolded
         return self.u[1:], self.out, scale
+
+    def _folded(self, k: int) -> Tensor:
+        """``(dim, n_params, batch)``: per step, the start of the output product (row 0: the folded
+        targets, written per call; the other rows zero), allocated on first use."""
+        if getattr(self, "folded", None) is None:
+            self.folded = self.targets.new_zeros(self.targets.shape[0], k, self.targets.shape[1])
+            self.numel += self.folded.numel()
+        return self.folded

@@ -181,6 +181,33 @@ def test_maf_flow_trains_on_a_correlated_gaussian():
     torch.testing.assert_close(torch.cov(samples.T), cov, atol=0.08, rtol=0)
 
 
+@pytest.mark.parametrize("cls", [MAF, IAF])
+def test_shift_forms_are_the_slides_map_with_their_m(cls):
+    # one network, both forms: (b, a) raw outputs; "after": m = -b exp(alpha), "before": m = b
+    torch.manual_seed(0)
+    layers = {f: _randomise(cls(4, hidden=(12,), order="random", seed=1, shift=f)).double() for f in ("after", "before")}
+    layers["before"].load_state_dict(layers["after"].state_dict())
+    assert cls.SHIFT == ("after" if cls is MAF else "before") and cls(4).conditioner.shift == cls.SHIFT
+    v = torch.randn(6, 4, dtype=torch.float64)
+    b, a = layers["after"].conditioner.made(v).movedim(-2, 0)
+    alpha = 5.0 * torch.tanh(a / 5.0)
+    for form, m in (("after", -b * alpha.exp()), ("before", b)):
+        layer = layers[form]
+        assert layer.conditioner.shift == form and f"shift={form}" in repr(layer)
+        torch.testing.assert_close(layer.conditioner(v), (m, alpha), atol=1e-12, rtol=1e-12)
+        # the one-pass direction, on its own input
+        one_pass = layer.inverse if cls is MAF else layer.forward
+        out, ld = one_pass(v)
+        expected = (v - m) * torch.exp(-alpha) if cls is MAF else torch.exp(alpha) * v + m
+        torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(ld, (-alpha if cls is MAF else alpha).sum(-1), atol=1e-12, rtol=1e-12)
+    assert not torch.allclose(layers["after"].inverse(v)[0], layers["before"].inverse(v)[0], atol=1e-3)
+    with pytest.raises(ValueError, match="shift"):
+        cls(4, shift="middle")
+    with pytest.raises(ValueError, match="not both"):
+        cls(4, conditioner=layers["after"].conditioner, shift="after")
+
+
 def test_scale_is_softly_clamped():
     maf = MAF(3, hidden=(8,), bound=2.0)
     with torch.no_grad():
@@ -254,12 +281,15 @@ def _sequential_directions():
         ("IAF inverse", iaf, "inverse"),
         ("MAF.from_iaf forward", MAF.from_iaf(iaf), "forward"),
         ("IAF.from_maf inverse", IAF.from_maf(MAF(6, hidden=(16, 12), order="reversed")), "inverse"),
+        ("MAF shift-before forward", MAF(6, hidden=(16, 12), order="random", seed=2, shift="before"), "forward"),
+        ("IAF shift-after inverse", IAF(6, hidden=(16, 12), order="random", seed=3, shift="after"), "inverse"),
+        ("MAF.from_iaf shift-after forward", MAF.from_iaf(IAF(6, hidden=(12,), shift="after")), "forward"),
         ("SigmoidAR-x forward", SigmoidAR(6, hidden=(12,), order="reversed"), "forward"),
         ("SigmoidAR-z inverse", SigmoidAR(6, hidden=(12,), condition_on="z", order="random", seed=2), "inverse"),
     ]
 
 
-@pytest.mark.parametrize("case", range(6), ids=[c[0] for c in _sequential_directions()])
+@pytest.mark.parametrize("case", range(9), ids=[c[0] for c in _sequential_directions()])
 @pytest.mark.parametrize("batch", [1, 5])
 def test_incremental_sequential_direction_matches_naive(case, batch):
     _, layer, direction = _sequential_directions()[case]
@@ -288,6 +318,24 @@ def test_incremental_sequential_direction_matches_naive(case, batch):
     assert "naive=True" not in repr(layer)
     layer.naive = True
     assert "naive=True" in repr(layer)
+
+
+@pytest.mark.parametrize("form", ["after", "before"])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_in_place_steps_return_the_networks_outputs_at_the_solution(form, inverse):
+    # the in-place steps fold factors (and, shifting first, the target) into the output layer:
+    # what MADE.solve returns must still be the network's raw outputs at the solution
+    cond = _randomise(MAF(5, hidden=(10, 10), order="random", seed=4, shift=form)).double().conditioner
+    step = cond.step(inverse)
+    assert (step.fold is None) == step.scale_first and step.scale_first == ((form == "before") != inverse)
+    t = torch.randn(7, 5, dtype=torch.float64)
+    with torch.no_grad():
+        u, raw = cond.made.solve(step, t)
+        torch.testing.assert_close(raw, cond.made(u), atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(step(raw.movedim(-2, 0), t), u, atol=1e-12, rtol=1e-12)
+        # and the plan kept for the next call gives the same again
+        u2, raw2 = cond.made.solve(step, t)
+    assert torch.equal(u, u2) and torch.equal(raw, raw2)
 
 
 def test_incremental_maf_sampling_float32_and_flow_sample():

@@ -17,7 +17,8 @@ def _constant_gaussian(flow, shift, log_scale):
             p.zero_()
         layer = flow.transform.maps[0]
         bias = layer.conditioner.made.net[-1].bias.view(2, -1)
-        bias[0] = shift
+        # the MAF's network outputs b = -m exp(-alpha) (shift after the scaling), the IAF's m
+        bias[0] = -shift * torch.exp(-log_scale) if layer.conditioner.shift == "after" else shift
         # alpha = 5 tanh(a / 5): invert the soft clamp.
         bias[1] = 5 * torch.atanh(log_scale / 5)
     return flow

@@ -86,12 +86,12 @@ def test_glow_stacks_round_trip_and_train():
             x2, ld2 = flow.transform(z)
             assert torch.allclose(x2, x, atol=1e-4) and torch.allclose(ld, -ld2, atol=1e-4)
             opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
-            for _ in range(30):
+            for _ in range(60):  # 30 steps left one of the four stacks 0.48 nats up on this seed
                 loss = -flow.log_prob(x).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            assert flow.log_prob(x).mean() > lp0 + 0.5
+            assert flow.log_prob(x).mean() > lp0 + 0.6
     with pytest.raises(ValueError, match="permutation"):
         GlowStep(4, permutation="shuffle")
     assert "initialized=False" in repr(ActNorm(2))
