@@ -123,7 +123,7 @@ class AffineConditioner(nn.Module):
         return (-shift * torch.exp(alpha) if self.shift == "after" else shift), alpha
 
     def _alpha(self, a: Tensor) -> Tensor:
-        return self.bound * torch.tanh(a / self.bound)
+        return _clamp(a, self.bound)
 
     def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
         self.passes += 1
@@ -145,6 +145,11 @@ class AffineConditioner(nn.Module):
         return f"alpha = {self.bound:g} tanh(a / {self.bound:g}), shift={self.shift}"
 
 
+def _clamp(a: Tensor, bound: float) -> Tensor:
+    """The soft clamp of the log-scale, ``B tanh(a / B)``."""
+    return bound * torch.tanh(a / bound)
+
+
 def _affine(shift: Tensor, alpha: Tensor, t: Tensor, inverse: bool, form: str) -> Tensor:
     """``exp(alpha) t + m`` (``inverse=False``) or ``(t - m) exp(-alpha)``, with ``m = shift``
     (``form="before"``) or ``m = -shift exp(alpha)`` (``"after"``), without forming ``m``."""
@@ -158,7 +163,7 @@ class _AffineStep:
     with ``alpha = B tanh(a / B)``: ``u = exp(alpha) t + m`` (``inverse=False``: MAF sampling) or
     ``u = (t - m) exp(-alpha)`` (``inverse=True``: IAF inversion), ``m`` from the shift as in
     :class:`AffineConditioner`. Called out of place by the naive and autograd solvers;
-    :meth:`inplace` gives the same values in four or five kernel calls with no allocation, which
+    :meth:`inplace` gives the same values in four elementwise kernel calls with no allocation, which
     :meth:`MADE.solve` uses in its in-place steps (``scale`` asks it to fold a factor into each
     of the network's two outputs).
 
@@ -184,8 +189,7 @@ class _AffineStep:
 
     def __call__(self, raw: Tensor, t: Tensor) -> Tensor:
         shift, a = raw
-        alpha = self.bound * torch.tanh(a / self.bound)
-        return _affine(shift, alpha, t, self.inverse, self.form)
+        return _affine(shift, _clamp(a, self.bound), t, self.inverse, self.form)
 
     def inplace(self, scratch: Tensor):
         # the factor as a 0-d (CPU) tensor: multiplying by one is cheaper than by a Python float
