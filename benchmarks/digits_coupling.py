@@ -35,7 +35,7 @@ from coursekit.flows import uniform_dequantize  # noqa: E402
 from coursekit.train import fit_mle  # noqa: E402
 
 K = 17  # pixel values 0..16
-CHAPTER = {"NICE": dict(weight_decay=0.5), "Real-NVP": dict(weight_decay=1.0, clamp=0.5)}
+CHAPTER = {"NICE": dict(weight_decay=0.5), "Real-NVP": dict(weight_decay=1.0, clamp=1.0)}
 
 
 def run(name, digits, seed, layers, hidden, steps, weight_decay, clamp=None, device="cpu"):
