@@ -455,22 +455,15 @@ class _SolvePlan:
                     mm(hw, hx, out=ho)
                     step(rows, t_row, u_row)
             else:
-                # each step's output product starts from (c t, 0, ...) instead of zero
-                folded = self._folded(made.n_params)
-                torch.mul(self.targets, fold, out=folded[:, 0])
-                addmm = torch.addmm
-                for (calls, (hw, hx, ho), rows, t_row, u_row), start in zip(self.steps, folded.unbind(0)):
+                # each step's output product accumulates onto (c t, 0, ...), written for all the
+                # steps at once (an in-place product costs what an out-of-place one does)
+                start = self.out.view(made.dim, made.n_params, -1)
+                torch.mul(self.targets, fold, out=start[:, 0])
+                start[:, 1:].zero_()
+                for calls, (hw, hx, ho), rows, t_row, u_row in self.steps:
                     for w, x, h, act in calls:
                         act(mm(w, x, out=h))
-                    addmm(start, hw, hx, out=ho)
+                    ho.addmm_(hw, hx)
                     step(rows, t_row, u_row)
-                self.out.view(made.dim, made.n_params, -1)[:, 0].sub_(folded[:, 0])  # the outputs, unfolded
+                start[:, 0].sub_(self.targets, alpha=fold)  # the outputs, unfolded
         return self.u[1:], self.out, scale
-
-    def _folded(self, k: int) -> Tensor:
-        """``(dim, n_params, batch)``: per step, the start of the output product (row 0: the folded
-        targets, written per call; the other rows zero), allocated on first use."""
-        if getattr(self, "folded", None) is None:
-            self.folded = self.targets.new_zeros(self.targets.shape[0], k, self.targets.shape[1])
-            self.numel += self.folded.numel()
-        return self.folded
