@@ -456,14 +456,17 @@ class _SolvePlan:
                     step(rows, t_row, u_row)
             else:
                 # each step's output product accumulates onto (c t, 0, ...), written for all the
-                # steps at once (an in-place product costs what an out-of-place one does)
+                # steps at once: a product added onto its own output costs what a plain one does
+                # (onto another tensor it copies that first); addmm(out=) rather than addmm_,
+                # which torch.utils.flop_counter does not count
                 start = self.out.view(made.dim, made.n_params, -1)
                 torch.mul(self.targets, fold, out=start[:, 0])
                 start[:, 1:].zero_()
+                addmm = torch.addmm
                 for calls, (hw, hx, ho), rows, t_row, u_row in self.steps:
                     for w, x, h, act in calls:
                         act(mm(w, x, out=h))
-                    ho.addmm_(hw, hx)
+                    addmm(ho, hw, hx, out=ho)
                     step(rows, t_row, u_row)
                 start[:, 0].sub_(self.targets, alpha=fold)  # the outputs, unfolded
         return self.u[1:], self.out, scale
