@@ -220,7 +220,10 @@ def test_train_ebm_restores_after_an_error_in_after_step():
 # ----------------------------------------------------------------------------- Ctrl-C
 
 CHILD = r"""
-import json, sys, torch
+import json, signal, sys, torch
+# a job started in the background (nohup, `&`) inherits SIGINT ignored, and Python then installs
+# no KeyboardInterrupt handler: put it back, so that the test does not depend on how it was run
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from coursekit.data import log_target
 from coursekit.distill import distill
 from coursekit.ebm import MLPEnergy, train_ebm
