@@ -75,7 +75,7 @@ from _common import (  # noqa: E402
 )
 
 
-def _coursekit_maf(p, layers, hidden, naive=False):
+def _coursekit_maf(p, layers, hidden, naive=False, shift="after"):
     from coursekit.flows import MAF, maf_flow, set_validation
 
     set_validation(False)  # the NaN check synchronises with the GPU; the others do not check
@@ -83,6 +83,7 @@ def _coursekit_maf(p, layers, hidden, naive=False):
     for m in flow.modules():
         if isinstance(m, MAF):
             m.naive = naive
+            m.conditioner.shift = shift  # the form of the update (the network is the same)
     return flow, flow.log_prob, flow.sample
 
 
@@ -146,12 +147,14 @@ SAMPLERS = {
     "coursekit MAF, incremental (default)": (build_coursekit, "p small steps, 1 pass of arithmetic"),
     "coursekit MAF, naive=True": (lambda p, layers, h: _coursekit_maf(p, layers, h, naive=True), "p"),
     "coursekit IAF": (_coursekit_iaf, "1"),
+    "coursekit MAF, incremental, shift='before'": (
+        lambda p, layers, h: _coursekit_maf(p, layers, h, shift="before"), "p small steps, 1 pass of arithmetic"),
     "zuko MAF": (build_zuko, "p"),
     "nflows MAF": (build_nflows, "p"),
     "normflows MAF": (build_normflows, "p"),
     "normflows, default composition (an IAF)": (lambda p, layers, h: _normflows(p, layers, h, maf=False), "1"),
 }
-INC, NAIVE, IAF = list(SAMPLERS)[:3]
+INC, NAIVE, IAF, BEFORE = list(SAMPLERS)[:4]
 
 
 def speed(args, device) -> Table:
@@ -205,6 +208,10 @@ def sampling(args, device, p) -> Table:
     if NAIVE in times:
         r = speed_ratio(times, INC, NAIVE)
         table.notes.append(f"Incremental / naive coursekit MAF sampling: {r.text()}.")
+    if BEFORE in times:
+        r = speed_ratio(times, INC, BEFORE)
+        table.notes.append(f"The default shift-after form / shift='before' (the slides' m; shift first, then "
+                           f"scale in each step, against scale then shift): {r.text()}.")
     table.notes += skipped
     return table
 
