@@ -44,6 +44,19 @@ def test_replay_buffer_capacity_and_restarts():
     with pytest.raises(ValueError, match="like="):
         ReplayBuffer().sample(3, 0.5)
     assert "size=3" in repr(B)
+    # after a divergence: the samples with a NaN or inf entry go, the others stay in order
+    bad = torch.arange(12.0).view(6, 2)
+    bad[1, 0], bad[4, 1] = float("nan"), float("inf")
+    fifo = ReplayBuffer(capacity=10)
+    fifo.push(bad)
+    assert fifo.drop_nonfinite() == 2 and torch.equal(fifo.samples, bad[[0, 2, 3, 5]])
+    assert fifo.drop_nonfinite() == 0 and len(fifo) == 4
+    fifo.push(torch.full((3, 2), float("nan")))
+    assert fifo.drop_nonfinite() == 3 and len(fifo) == 4
+    all_bad = ReplayBuffer()
+    all_bad.push(torch.full((3, 2), float("nan")))
+    assert all_bad.drop_nonfinite() == 3 and len(all_bad) == 0 and ReplayBuffer().drop_nonfinite() == 0
+    assert all_bad.sample(4, 0.0, like=like).isfinite().all()  # empty again: fresh N(0, I) starts
 
 
 def test_contrastive_gradient_is_line_14():
@@ -169,6 +182,16 @@ def test_a_chain_that_diverges_between_reads_is_reported_at_its_iteration():
     assert res.stopped_at == 40 and res.restored_step == 25 and not U.training
     assert all(torch.equal(t, states[25][n]) for n, t in U.state_dict().items())
     assert len(res.loss) == 40 and all(math.isfinite(v) for v in res.loss)  # iterations 0..39, checked
+    # the replay buffer took the NaN chains of iterations 40.. until the read at 50: it is left with
+    # its finite samples only, ready to start the chains of a resumed run
+    # capacity None: the last batch, NaN but for the few chains restarted from N(0, I)
+    assert res.buffer is not None and len(res.buffer) < 8 and (len(res.buffer) == 0 or res.buffer.samples.isfinite().all())
+    torch.manual_seed(0)
+    U, states = MLPEnergy(2, hidden=8), []
+    with pytest.raises(TrainingDiverged, match="step 40") as info:
+        train_ebm(U, torch.randn(64, 2), n_iter=100, batch_size=8, n_steps=1, sampler=sampler, buffer_size=200)
+    kept = info.value.history.buffer
+    assert 0 < len(kept) < 200 and kept.samples.isfinite().all()
     # ULA itself, unscanned inside the loop: a step far too large for this energy gives inf/NaN
     torch.manual_seed(0)
     with pytest.raises(TrainingDiverged, match=r"U\(X-\).*(nan|inf).*Lower the ULA step gamma"):

@@ -74,6 +74,18 @@ class ReplayBuffer:
         else:
             self.samples = torch.cat([self.samples, x])[-self.capacity:]
 
+    def drop_nonfinite(self) -> int:
+        """Remove the samples with a NaN or infinite entry (chains that diverged); returns how many.
+        :func:`train_ebm` calls it when training stops on an error, so that the buffer it leaves in
+        the error's ``history`` can start the chains of a resumed run."""
+        if self.samples is None:
+            return 0
+        keep = torch.isfinite(self.samples.flatten(1)).all(1)
+        dropped = int((~keep).sum())  # one read from the device, on the error path only
+        if dropped:
+            self.samples = self.samples[keep] if dropped < len(keep) else None
+        return dropped
+
     def sample(self, n: int, alpha: float, generator: torch.Generator | None = None, like: Tensor | None = None,
                init_std: float = 1.0) -> Tensor:
         """n starting points i.i.d. from (1 - alpha) B + alpha N(0, init_std^2 I) (lines 5-9);
@@ -284,6 +296,13 @@ def _loop(energy, data, n_iter, batch_size, n_steps, alpha, chains, reg, optimiz
         read()
     except BaseException:
         _drain(pending, result)
+        if buffer is not None:
+            # the chains may have diverged up to a window before the read that reported it, and
+            # pushed NaN samples since: keep only the finite ones
+            try:
+                buffer.drop_nonfinite()
+            except Exception:  # noqa: BLE001 - the device itself may have failed: keep the first error
+                pass
         raise
     return persistent
 
