@@ -57,6 +57,9 @@ def test_replay_buffer_capacity_and_restarts():
     all_bad.push(torch.full((3, 2), float("nan")))
     assert all_bad.drop_nonfinite() == 3 and len(all_bad) == 0 and ReplayBuffer().drop_nonfinite() == 0
     assert all_bad.sample(4, 0.0, like=like).isfinite().all()  # empty again: fresh N(0, I) starts
+    scalars = ReplayBuffer()  # samples that are single numbers
+    scalars.push(torch.tensor([1.0, float("nan"), 2.0]))
+    assert scalars.drop_nonfinite() == 1 and scalars.samples.tolist() == [1.0, 2.0]
 
 
 def test_contrastive_gradient_is_line_14():

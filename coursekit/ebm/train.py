@@ -80,7 +80,7 @@ class ReplayBuffer:
         the error's ``history`` can start the chains of a resumed run."""
         if self.samples is None:
             return 0
-        keep = torch.isfinite(self.samples.flatten(1)).all(1)
+        keep = torch.isfinite(self.samples.reshape(len(self), -1)).all(1)  # samples of any shape, even ()
         dropped = int((~keep).sum())  # one read from the device, on the error path only
         if dropped:
             self.samples = self.samples[keep] if dropped < len(keep) else None
