@@ -168,19 +168,10 @@ def realnvp_builder(variant: str, layers: int, hidden: int):
 
             for layer in flow.modules():
                 if isinstance(layer, AffineCoupling):
-                    layer._params = _softclip_params(layer)
+                    layer._alpha = lambda s: s / (1 + s.abs() / math.log(1e3))  # zuko's soft clip
         return flow, flow.log_prob
 
     return build
-
-
-def _softclip_params(layer):
-    """An affine coupling's ``(alpha, shift)`` with zuko's soft clip in place of the tanh clamp."""
-    def params(a, layer=layer):
-        s, shift = layer.net(a).chunk(2, dim=1)
-        return s / (1 + s.abs() / math.log(1e3)), shift
-
-    return params
 
 
 def results(argv=None) -> list[Table]:

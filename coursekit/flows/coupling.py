@@ -288,8 +288,10 @@ class AffineCoupling(_Coupling):
     def _params(self, a: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha, shift)``: the shift is ``b`` (``shift="after"``) or ``m`` (``"before"``)."""
         s, shift = self.net(a).chunk(2, dim=1)
-        alpha = self.clamp * torch.tanh(s / self.clamp) if self.clamp is not None else s
-        return alpha, shift
+        return self._alpha(s), shift
+
+    def _alpha(self, s: Tensor) -> Tensor:
+        return self.clamp * torch.tanh(s / self.clamp) if self.clamp is not None else s
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         za, zb = self._split(z)
