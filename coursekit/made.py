@@ -113,10 +113,11 @@ class MaskedLinear(nn.Linear):
 
 def _inplace(act: nn.Module):
     """``h <- act(h)`` in place (without a copy for the usual activations)."""
+    # the Tensor methods: a third cheaper to call than torch.relu_ / torch.tanh_
     if type(act) is nn.ReLU:
-        return torch.relu_
+        return torch.Tensor.relu_
     if type(act) is nn.Tanh:
-        return torch.tanh_
+        return torch.Tensor.tanh_
     return lambda h: h.copy_(act(h))
 
 
@@ -204,7 +205,12 @@ class MADE(nn.Module):
         parameter or ``target`` requires a gradient), the steps are assembled out of place and
         the result is differentiable; otherwise they read and write views of buffers that are
         built once per batch size, dtype and device and kept for the next call (see
-        :class:`_SolvePlan`), so a step costs a handful of kernel calls and nothing else.
+        :class:`_SolvePlan`), so a step costs a handful of kernel calls and nothing else. The
+        incremental solver returns ``u`` (and the outputs) coordinate-major, as the transpose of a
+        contiguous ``(dim, batch)`` tensor: the layout its steps write, and the one in which the
+        next solve (a MAF's next layer) reads its targets by rows; a row-major copy on the way in
+        and out cost about a sixth of a 64-step solve at batch 512 on a CPU. Call ``.contiguous()``
+        where a row-major tensor is needed (``Flow.sample`` does).
 
         >>> import torch
         >>> net = MADE(4, hidden=(8, 8), n_params=2, order="random", seed=0).double()
@@ -232,11 +238,11 @@ class MADE(nn.Module):
                 plan = self._solve_plan(target)
                 u_steps, out_steps, scale = plan.run(self, update, target)
             rank = plan.rank
-        # coordinate j was solved at step rank[j]; index_select copies, so no buffer escapes
-        u = u_steps.T.index_select(1, rank)
+        # coordinate j was solved at step rank[j]; index_select copies (rows), so no buffer escapes
+        u = u_steps.index_select(0, rank).T
         if not outputs:
             return u, None
-        out = out_steps.view(self.dim, self.n_params, -1).permute(2, 1, 0).index_select(2, rank)
+        out = out_steps.view(self.dim, self.n_params, -1).index_select(0, rank).permute(2, 1, 0)
         if scale is not None:
             out = out / scale[:, None]
         return u, out

@@ -136,7 +136,16 @@ def test_incremental_solve_matches_the_naive_p_pass_solver(dim, hidden, n_params
             x_only, none = net.solve(_affine, z, naive=naive, outputs=False)
         assert none is None
         torch.testing.assert_close(x_only.detach(), x_ref, atol=1e-12, rtol=1e-12)
-    assert not x.is_inference() and x.is_contiguous()  # a normal tensor, although the steps ran in inference mode
+    assert not x.is_inference()  # a normal tensor, although the steps ran in inference mode
+    # the solution comes coordinate-major (the transpose of a contiguous (dim, batch) tensor, the
+    # layout the steps write and the next solve reads), in memory of its own: solving again with
+    # other targets, which reuses the plan's buffers, leaves it as it was
+    assert x.T.is_contiguous() and out.permute(2, 1, 0).is_contiguous()
+    kept, kept_out = x.clone(), out.clone()
+    with torch.no_grad():
+        net.solve(_affine, torch.randn(batch, dim, dtype=torch.float64))
+    torch.testing.assert_close(x, kept, atol=0, rtol=0)
+    torch.testing.assert_close(out, kept_out, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dim, hidden, n_params, order, activation", SOLVE_CASES[2:])

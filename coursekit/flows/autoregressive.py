@@ -158,6 +158,9 @@ def _affine(shift: Tensor, alpha: Tensor, t: Tensor, inverse: bool, form: str) -
     return (t - shift) * torch.exp(-alpha) if inverse else torch.addcmul(shift, t, torch.exp(alpha))
 
 
+_LOG2E = 1.0 / math.log(2.0)
+
+
 class _AffineStep:
     """The elementwise update of an affine autoregressive layer, from raw MADE outputs ``(shift, a)``
     with ``alpha = B tanh(a / B)``: ``u = exp(alpha) t + m`` (``inverse=False``: MAF sampling) or
@@ -172,11 +175,13 @@ class _AffineStep:
     ``s = -1`` when inverting. The in-place form writes ``exp(s B tanh(y))`` as
     ``e^{-sB} exp(2sB sigmoid(2y))`` (from ``tanh(y) = 2 sigmoid(2y) - 1``), with ``2y = 2a / B``
     folded into the last layer: a sigmoid costs a third of a tanh on a CPU, and this step runs
-    ``dim`` times per layer. The constant ``e^{-sB}`` goes into the final multiply-add (scale
-    first) or, with the shift's factor ``-e^{-sB}`` folded into the last layer and ``e^{-sB} t``
-    into its matrix product (``fold``), into the output row itself (shift first): either way four
-    elementwise kernels a step. Equal to the tanh form up to rounding (tested in float64 against
-    the naive solver)."""
+    ``dim`` times per layer; the exponential is taken as ``exp2`` of ``log2(e)`` times its
+    argument, the factor folded into the one multiplication there is anyway (``exp2`` costs
+    about a third less than ``exp`` on a CPU). The constant ``e^{-sB}`` goes into the final
+    multiply-add (scale first) or, with the shift's factor ``-e^{-sB}`` folded into the last
+    layer and ``e^{-sB} t`` into its matrix product (``fold``), into the output row itself
+    (shift first, computed in the output row itself): either way four elementwise kernels a
+    step. Equal to the tanh form up to rounding (tested in float64 against the naive solver)."""
 
     def __init__(self, bound: float, inverse: bool, form: str = "before"):
         self.bound, self.inverse, self.form = bound, inverse, form
@@ -192,18 +197,19 @@ class _AffineStep:
         return _affine(shift, _clamp(a, self.bound), t, self.inverse, self.form)
 
     def inplace(self, scratch: Tensor):
-        # the factor as a 0-d (CPU) tensor: multiplying by one is cheaper than by a Python float
-        factor, shrink = torch.tensor(2.0 * self.sign * self.bound, dtype=scratch.dtype), self.shrink
-        mul, addcmul, sigmoid = torch.mul, torch.addcmul, torch.sigmoid
+        # the factor as a 0-d (CPU) tensor: multiplying by one is cheaper than by a Python float;
+        # exp(v) as exp2(v log2(e)), within a few float32 ulps of it
+        factor = torch.tensor(2.0 * self.sign * self.bound * _LOG2E, dtype=scratch.dtype)
+        addcmul, sigmoid, shrink = torch.addcmul, torch.sigmoid, self.shrink
         if self.scale_first:
 
             def scale_then_shift(rows, t, out):  # rows = (shift, 2a / B)
-                addcmul(rows[0], t, sigmoid(rows[1], out=scratch).mul_(factor).exp_(), value=shrink, out=out)
+                addcmul(rows[0], t, sigmoid(rows[1], out=scratch).mul_(factor).exp2_(), value=shrink, out=out)
 
             return scale_then_shift
 
         def shift_then_scale(rows, t, out):  # rows = (e^{-sB} (t - shift), 2a / B): t folded in
-            mul(rows[0], sigmoid(rows[1], out=scratch).mul_(factor).exp_(), out=out)
+            sigmoid(rows[1], out=out).mul_(factor).exp2_().mul_(rows[0])  # all in out: no scratch
 
         return shift_then_scale
 
@@ -646,7 +652,7 @@ class GaussianAR(Flow):
         check_input(z, self.event_shape, "GaussianAR noise z")
         with torch.no_grad():
             if not naive:
-                return self.transform._push(z)
+                return self.transform._push(z).contiguous()
             x = torch.zeros_like(z)
             for i in self.order.tolist():  # sequential by nature
                 m, alpha = self.transform.conditioner(x)

@@ -279,10 +279,11 @@ class Flow(nn.Module):
 
     def sample(self, n: int) -> Tensor:
         """n samples X = T(Z), Z ~ nu_0 (no gradient; neither the base log-density nor the
-        log-determinant is evaluated: :meth:`Bijection.push`)."""
+        log-determinant is evaluated: :meth:`Bijection.push`). Contiguous, whatever layout the
+        layers pass between them (a MAF's sequential solver works coordinate-major)."""
         V.positive_int("n (the number of samples)", n)
         with torch.no_grad():
-            return self.transform.push(self.base.sample((n,)))
+            return self.transform.push(self.base.sample((n,))).contiguous()
 
     def rsample(self, n: int) -> Tensor:
         """n reparametrised samples (gradients flow to the parameters)."""
@@ -294,7 +295,7 @@ class Flow(nn.Module):
         V.positive_int("n (the number of samples)", n)
         z = self.base.sample((n,))
         x, ld = self.transform.forward(z)
-        return x, self.base.log_prob(z) - ld
+        return x.contiguous(), self.base.log_prob(z) - ld
 
     def sample_and_log_prob(self, n: int) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
