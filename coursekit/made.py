@@ -236,7 +236,7 @@ class MADE(nn.Module):
         else:
             with torch.no_grad():
                 plan = self._solve_plan(target)
-                u_steps, out_steps, scale = plan.run(self, update, target)
+                u_steps, out_steps, scale = plan.run(self, update, target, outputs)
             rank = plan.rank
         # coordinate j was solved at step rank[j]; index_select copies (rows), so no buffer escapes
         u = u_steps.index_select(0, rank).T
@@ -419,9 +419,10 @@ class _SolvePlan:
             steps.append((tuple(calls), (hw[:, : 1 + width], below[: 1 + width], ho), ho.unbind(0), t_row, u_row))
         self.steps = steps
 
-    def run(self, made: MADE, update, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def run(self, made: MADE, update, target: Tensor, outputs: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
         """The solution and the raw outputs, both in step order (rows), in the plan's buffers, and
-        the factors folded into the outputs (``update.scale``, or None)."""
+        the factors folded into the outputs (``update.scale``, or None). With ``outputs=False``
+        the outputs are left as the steps used them (``update.fold`` not taken back out)."""
         for lin, w, wi, bi in zip(made._linears(), self.weights, self.weight_idx, self.bias_idx):
             if lin.weight.dtype != target.dtype:
                 raise TypeError(
@@ -474,5 +475,6 @@ class _SolvePlan:
                         act(mm(w, x, out=h))
                     addmm(ho, hw, hx, out=ho)
                     step(rows, t_row, u_row)
-                start[:, 0].sub_(self.targets, alpha=fold)  # the outputs, unfolded
+                if outputs:
+                    start[:, 0].sub_(self.targets, alpha=fold)  # the outputs, unfolded
         return self.u[1:], self.out, scale
