@@ -142,6 +142,7 @@ def test_gaussian_ar_sampler_density_and_flow_view_agree():
     x = model.sample(7, z=z)
     torch.testing.assert_close(x, model.transform(z)[0])  # sequential sampler == MAF forward
     torch.testing.assert_close(model.sample(7, z=z, naive=True), x, atol=1e-12, rtol=1e-12)  # the slides' loop
+    assert x.is_contiguous()
     torch.testing.assert_close(model.log_prob(x), AutoregressiveFlow.log_prob(model, x))
     m, alpha = model.conditionals(x)
     assert torch.allclose(m[:, 2], m[0, 2]) and torch.allclose(alpha[:, 2], alpha[0, 2])  # x_3 comes first
@@ -360,4 +361,7 @@ def test_incremental_maf_sampling_float32_and_flow_sample():
     torch.manual_seed(5)
     torch.testing.assert_close(xs, flow.transform(flow.base.sample((64,)))[0].detach(), atol=1e-6, rtol=1e-6)
     assert not xs.is_inference() and not xs.requires_grad
+    # row-major, as every sampler returns, although the layers pass each other coordinate-major
+    assert xs.is_contiguous() and x.T.is_contiguous()
+    assert flow.rsample_and_log_prob(3)[0].is_contiguous()
     flow.log_prob(xs).mean().backward()  # usable with autograd (not an inference tensor)
