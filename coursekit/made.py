@@ -208,8 +208,8 @@ class MADE(nn.Module):
         :class:`_SolvePlan`), so a step costs a handful of kernel calls and nothing else. The
         incremental solver returns ``u`` (and the outputs) coordinate-major, as the transpose of a
         contiguous ``(dim, batch)`` tensor: the layout its steps write, and the one in which the
-        next solve (a MAF's next layer) reads its targets by rows; a row-major copy on the way in
-        and out cost about a sixth of a 64-step solve at batch 512 on a CPU. Call ``.contiguous()``
+        next solve (a MAF's next layer) reads its targets by rows, where a row-major result would
+        cost a transposing gather on the way out and another on the way in. Call ``.contiguous()``
         where a row-major tensor is needed (``Flow.sample`` does).
 
         >>> import torch

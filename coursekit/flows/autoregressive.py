@@ -179,9 +179,9 @@ class _AffineStep:
     argument, the factor folded into the one multiplication there is anyway (``exp2`` costs
     about a third less than ``exp`` on a CPU). The constant ``e^{-sB}`` goes into the final
     multiply-add (scale first) or, with the shift's factor ``-e^{-sB}`` folded into the last
-    layer and ``e^{-sB} t`` into its matrix product (``fold``), into the output row itself
-    (shift first, computed in the output row itself): either way four elementwise kernels a
-    step. Equal to the tanh form up to rounding (tested in float64 against the naive solver)."""
+    layer and ``e^{-sB} t`` into its matrix product (``fold``), into the shift's output row
+    (shift first; that update is then computed in place in the solution's row): either way four
+    elementwise kernels a step. Equal to the tanh form up to rounding (tested in float64 against the naive solver)."""
 
     def __init__(self, bound: float, inverse: bool, form: str = "before"):
         self.bound, self.inverse, self.form = bound, inverse, form
