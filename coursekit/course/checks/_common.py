@@ -78,6 +78,11 @@ def randint(g: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
+def uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    """A float drawn uniformly in ``[lo, hi)`` (in float64)."""
+    return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=F64))
+
+
 def batch_size(g: torch.Generator, avoid) -> int:
     """A batch size in 5..11 equal to none of ``avoid`` (so that a sum over the wrong axis, or a
     shape built from the wrong size, cannot have the right shape)."""
@@ -428,9 +433,14 @@ def stays_on_meta(answer, *args, what: str) -> None:
                  "(no .cpu(), .cuda(), .numpy() or torch.tensor(...)): compute from the inputs", mistake="contract")
 
 
+def cuda_devices() -> list[str]:
+    """``["cuda"]`` when there is a GPU, else nothing: the devices of the checks that need values."""
+    return ["cuda"] if torch.cuda.is_available() else []
+
+
 def devices() -> list[str]:
     """The devices of the last probes: ``meta`` always, CUDA when there is one."""
-    return ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
+    return ["meta"] + cuda_devices()
 
 
 def probes(answer, make: Callable[[str], tuple], what: str) -> Iterator[tuple[str, tuple, Any]]:

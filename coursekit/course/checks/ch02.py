@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Delegation, current, exercise
-from ._common import _resolve, call, close, draws, expect, expect_pair, fail, require_callable
+from ._common import _resolve, call, close, devices, draws, expect, expect_pair, fail, randint, require_callable
 
 __all__ = ["closed_form_mle", "sgd_step", "nn_distance"]
 
@@ -113,8 +113,7 @@ def probe_devices(answer, make, validate):
     """
     from ...flows.base import set_validation, validation_enabled
 
-    devices = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
+    for device in devices():
         args = make(device)
         if device == "meta":
             was = validation_enabled()
@@ -151,10 +150,6 @@ def attached(value, name: str, grad: bool = True) -> None:
         expect(value, name, grad=True)
 
 
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
-
 def _uniform(g: torch.Generator, lo: float, hi: float, shape=()) -> Tensor:
     return lo + (hi - lo) * torch.rand(shape, generator=g, dtype=F64)
 
@@ -162,7 +157,7 @@ def _uniform(g: torch.Generator, lo: float, hi: float, shape=()) -> Tensor:
 def _sizes(g: torch.Generator, n_range, p_range) -> tuple[int, int]:
     """(n, p) with n != p, so that a result over the wrong axis cannot have the right shape."""
     while True:
-        n, p = _randint(g, *n_range), _randint(g, *p_range)
+        n, p = randint(g, *n_range), randint(g, *p_range)
         if n != p:
             return n, p
 
@@ -343,11 +338,11 @@ def _nn_problem(g: torch.Generator) -> tuple[Tensor, Tensor]:
     """Training rows and samples that mix exact copies, near copies and new points, shuffled.
     The sizes differ pairwise, so that a minimum over the wrong axis has the wrong shape."""
     while True:
-        n, N, p = _randint(g, 6, 14), _randint(g, 16, 30), _randint(g, 2, 5)
+        n, N, p = randint(g, 6, 14), randint(g, 16, 30), randint(g, 2, 5)
         if len({n, N, p}) == 3:
             break
     train = torch.randn(N, p, generator=g, dtype=F64) * _uniform(g, 0.5, 2.0, (p,))
-    k = _randint(g, 2, 3)
+    k = randint(g, 2, 3)
     copies = train[torch.randint(N, (k,), generator=g)]
     near = train[torch.randint(N, (2,), generator=g)] + 0.1 * torch.randn(2, p, generator=g, dtype=F64)
     new = 2.5 * torch.randn(n - k - 2, p, generator=g, dtype=F64)

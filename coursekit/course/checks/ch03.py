@@ -23,8 +23,8 @@ from torch import nn
 
 from ...flows import Bijection, Compose, Planar, Radial
 from ..registry import exercise
-from ._common import close, draws, expect, fail, randomised, require_callable
-from .ch02 import CASES, F64, _randint, _tol, _uniform, attached, on_device, probe_devices, run_answer
+from ._common import close, draws, expect, fail, randint, randomised, require_callable
+from .ch02 import CASES, F64, _tol, _uniform, attached, on_device, probe_devices, run_answer
 
 __all__ = ["expectation_of_pushforward", "change_of_variables", "density_of_composition", "planar_log_det"]
 
@@ -90,7 +90,7 @@ def _map(kind: str, p: int, g: torch.Generator, dtype=F64):
 
 def _maps(M: int, p: int, g: torch.Generator, dtype=F64) -> list:
     kinds = ["planar", "radial"] * M
-    start = _randint(g, 0, 1)
+    start = randint(g, 0, 1)
     return [_map(kinds[start + i], p, g, dtype) for i in range(M)]
 
 
@@ -162,11 +162,11 @@ def expectation_of_pushforward(answer):
     require_callable(answer, "expectation")
     kinds = ["normal", "diag", "laplace"]
     for i, (g, (dtype, _)) in enumerate(zip(draws(len(CASES)), CASES)):
-        p = _randint(g, 2, 4)
-        n = 100 * _randint(g, 5, 20)
-        T = Compose(*_maps(_randint(g, 2, 3), p, g, dtype))
+        p = randint(g, 2, 4)
+        n = 100 * randint(g, 5, 20)
+        T = Compose(*_maps(randint(g, 2, 3), p, g, dtype))
         base = _base(kinds[i], p, g, dtype)
-        f = TEST_FUNCTIONS[_randint(g, 0, len(TEST_FUNCTIONS) - 1)]
+        f = TEST_FUNCTIONS[randint(g, 0, len(TEST_FUNCTIONS) - 1)]
         seed = int(torch.randint(2**62, (1,), generator=g))
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
@@ -256,9 +256,9 @@ def _big_sample(base64: Independent, seed: int, size: int = 40_000) -> Tensor:
 
 
 def _change_of_variables_problem(i: int, g: torch.Generator, dtype):
-    p = _randint(g, 2, 4)
+    p = randint(g, 2, 4)
     while True:
-        n = _randint(g, 8, 16)
+        n = randint(g, 8, 16)
         if n != p:
             break
     kind = ("planar", "radial", "planar")[i % 3]
@@ -366,12 +366,12 @@ def density_of_composition(answer):
     """``answer(x, maps, base)`` with ``maps = [T^1, ..., T^M]`` (sampling applies T^1 first)."""
     require_callable(answer, "log_density_composition")
     for i, (g, (dtype, grad)) in enumerate(zip(draws(len(CASES)), CASES)):
-        p = _randint(g, 2, 4)
+        p = randint(g, 2, 4)
         while True:
-            n = _randint(g, 8, 16)
+            n = randint(g, 8, 16)
             if n != p:
                 break
-        M = 2 + (i + _randint(g, 0, 2)) % 3  # 2, 3 or 4 maps, not the same count in every problem
+        M = 2 + (i + randint(g, 0, 2)) % 3  # 2, 3 or 4 maps, not the same count in every problem
         maps = _maps(M, p, g, dtype)
         base = _base(("diag", "laplace", "normal")[i % 3], p, g, dtype)
         maps64, base64 = _f64(maps), _same_base64(base)
@@ -435,7 +435,7 @@ def _planar_problem(i: int, g: torch.Generator):
     """(z, w, u, b) in float64; problem 0 has u^T w < -1, where the determinant is negative near
     the hyperplane w^T z + b = 0 (a few rows are put there)."""
     while True:
-        p, n = _randint(g, 2, 5), _randint(g, 8, 16)
+        p, n = randint(g, 2, 5), randint(g, 8, 16)
         if n != p:
             break
     w = torch.randn(p, generator=g, dtype=F64) * _uniform(g, 0.5, 1.5)

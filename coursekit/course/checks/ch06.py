@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..registry import exercise
-from ._common import call, draws, expect, fail, require_callable, stays_on_meta
+from ._common import call, cuda_devices, draws, expect, fail, randint, require_callable, stays_on_meta, uniform
 
 __all__ = ["grad_log_z", "hess_log_z", "ula_step", "ula_variance", "algorithm1_loss"]
 
@@ -34,17 +34,8 @@ TOL = {F64: 1e-9, F32: 1e-4}
 # ------------------------------------------------------------------ helpers of this chapter
 
 
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    """An integer in [lo, hi]."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
-
-def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=F64))
-
-
 def _log_uniform(g: torch.Generator, lo: float, hi: float) -> float:
-    return math.exp(_uniform(g, math.log(lo), math.log(hi)))
+    return math.exp(uniform(g, math.log(lo), math.log(hi)))
 
 
 def _near(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
@@ -53,10 +44,6 @@ def _near(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
     dtype carries)."""
     a, b = a.to(F64), b.to(F64)
     return a.shape == b.shape and bool((a - b).abs().max() <= tol * (1 + b.abs().max())) if b.numel() else a.shape == b.shape
-
-
-def _devices() -> list[str]:
-    return ["cuda"] if torch.cuda.is_available() else []
 
 
 def _graph_kept(inputs: dict[str, torch.Tensor], before: dict[str, tuple]) -> None:
@@ -93,7 +80,7 @@ def _attached(t: torch.Tensor) -> torch.Tensor:
 def _gradients(g: torch.Generator, dtype, device="cpu", grad=False, d_min=1):
     """Per-sample gradients grad_U (n, d) with a clear non-zero mean and unequal spreads, and
     symmetric per-sample Hessians hess_U (n, d, d); n in [6, 40] and d in [d_min, 4], so n != d."""
-    n, d = _randint(g, 6, 40), _randint(g, d_min, 4)
+    n, d = randint(g, 6, 40), randint(g, d_min, 4)
     loc = (1 + 2 * torch.rand(d, generator=g, dtype=F64)) * torch.where(torch.rand(d, generator=g) < 0.5, -1.0, 1.0)
     scale = 0.5 + torch.rand(d, generator=g, dtype=F64)
     mix = torch.eye(d, dtype=F64) + 0.5 * torch.randn(d, d, generator=g, dtype=F64)
@@ -125,7 +112,7 @@ def grad_log_z(answer):
     require_callable(answer, "grad_log_Z")
     gens = list(draws(3))
     cases = [(gens[0], F64, "cpu", False), (gens[1], F64, "cpu", False), (gens[2], F32, "cpu", True)]
-    cases += [(gens[0], F64, dev, False) for dev in _devices()]
+    cases += [(gens[0], F64, dev, False) for dev in cuda_devices()]
     for i, (g, dtype, device, grad) in enumerate(cases):
         grad_U, _ = _gradients(torch.Generator().manual_seed(int(g.initial_seed())), dtype, device, grad,
                                d_min=2 if i == 0 else 1)
@@ -175,7 +162,7 @@ def hess_log_z(answer):
     require_callable(answer, "hess_log_Z")
     gens = list(draws(3))
     cases = [(gens[0], F64, "cpu", False), (gens[1], F64, "cpu", False), (gens[2], F32, "cpu", True)]
-    cases += [(gens[0], F64, dev, False) for dev in _devices()]
+    cases += [(gens[0], F64, dev, False) for dev in cuda_devices()]
     for i, (g, dtype, device, grad) in enumerate(cases):
         grad_U, hess_U = _gradients(torch.Generator().manual_seed(int(g.initial_seed())), dtype, device, grad,
                                     d_min=2 if i == 0 else 1)
@@ -231,9 +218,9 @@ _ULA_MISTAKES = {
 
 def _ula_inputs(g: torch.Generator, dtype, device="cpu", grad=False, kind=None):
     """x, grad_U, z of shape (n, p) (kind 0) or (n, 2, k) (kind 1, images), and a step gamma."""
-    n = _randint(g, 3, 9)
-    kind = _randint(g, 0, 1) if kind is None else kind
-    shape = [(n, _randint(g, 1, 4)), (n, 2, _randint(g, 2, 3))][kind]
+    n = randint(g, 3, 9)
+    kind = randint(g, 0, 1) if kind is None else kind
+    shape = [(n, randint(g, 1, 4)), (n, 2, randint(g, 2, 3))][kind]
     x, grad_U, z = (torch.randn(shape, generator=g, dtype=F64).to(device=device, dtype=dtype) for _ in range(3))
     gamma = _log_uniform(g, 0.005, 0.8)
     if grad:
@@ -264,7 +251,7 @@ def ula_step(answer):
     require_callable(answer, "ula_step")
     gens = list(draws(3))
     cases = [(gens[0], F64, "cpu", False), (gens[1], F64, "cpu", False), (gens[2], F32, "cpu", True)]
-    cases += [(gens[0], F64, dev, False) for dev in _devices()]
+    cases += [(gens[0], F64, dev, False) for dev in cuda_devices()]
     what = "ula_step(x, grad_U, gamma, z)"
     for i, (g, dtype, device, grad) in enumerate(cases):
         x, grad_U, gamma, z = _ula_inputs(torch.Generator().manual_seed(int(g.initial_seed())), dtype, device, grad,
@@ -361,7 +348,7 @@ def ula_variance(answer):
     # step near the stability limit gamma = 2 s2 (where the bias is large), then steps of all sizes
     ranges = [(0.005, 0.05), (0.3, 0.9), (0.005, 0.9), (0.005, 0.9)]
     for i, g in enumerate(gens):
-        k = 1 if i < 2 else _randint(g, 2, 5)
+        k = 1 if i < 2 else randint(g, 2, 5)
         s2, gamma = _variance_inputs(g, k, *ranges[i])
         if i < 2:
             cases.append((s2[0], gamma[0], None, False))
@@ -369,7 +356,7 @@ def ula_variance(answer):
             dtype, grad = (F32, False) if i == 2 else (F64, True)
             S, Gm = torch.tensor(s2, dtype=dtype), torch.tensor(gamma, dtype=dtype)
             cases.append((_attached(S) if grad else S, _attached(Gm) if grad else Gm, dtype, grad))
-    for dev in _devices():
+    for dev in cuda_devices():
         s2, gamma = _variance_inputs(gens[0], 3)
         cases.append((torch.tensor(s2, dtype=F64, device=dev), torch.tensor(gamma, dtype=F64, device=dev), F64, False))
     for s2, gamma, dtype, grad in cases:
@@ -463,17 +450,17 @@ def _loss_problem(g: torch.Generator, dtype, device="cpu", kind=None):
     images, with batches of different sizes), data x_pos, and negatives x_neg that still carry a
     graph to the parameters (one differentiated gradient step, as if the sampler had been
     backpropagated)."""
-    kind = _randint(g, 0, 1) if kind is None else kind
-    event = [(_randint(g, 1, 4),), (2, _randint(g, 2, 3))][kind]
+    kind = randint(g, 0, 1) if kind is None else kind
+    event = [(randint(g, 1, 4),), (2, randint(g, 2, 3))][kind]
     p = math.prod(event)
-    U = [_MLPEnergy, _QuadraticEnergy][kind](p, _randint(g, 2, 5), g).to(device=device, dtype=dtype)
-    n_pos = _randint(g, 4, 12)
-    n_neg = n_pos + _randint(g, 1, 4) if kind == 1 else _randint(g, 4, 12)  # batch sizes may differ
+    U = [_MLPEnergy, _QuadraticEnergy][kind](p, randint(g, 2, 5), g).to(device=device, dtype=dtype)
+    n_pos = randint(g, 4, 12)
+    n_neg = n_pos + randint(g, 1, 4) if kind == 1 else randint(g, 4, 12)  # batch sizes may differ
     x_pos = (torch.randn(n_pos, *event, generator=g, dtype=F64) + 0.5).to(device=device, dtype=dtype)
     z = torch.randn(n_neg, *event, generator=g, dtype=F64).to(device=device, dtype=dtype).requires_grad_(True)
     (score,) = torch.autograd.grad(U(z).sum(), z, create_graph=True)
     x_neg = z.detach() - 0.2 * score
-    reg = [0.0, _uniform(g, 0.1, 1.0)][_randint(g, 0, 1)]
+    reg = [0.0, uniform(g, 0.1, 1.0)][randint(g, 0, 1)]
     return U, x_pos, x_neg, reg
 
 
@@ -494,13 +481,13 @@ def algorithm1_loss(answer):
     gens = list(draws(3))
     # a problem with reg > 0, one with reg = 0 (the penalty must vanish), one in float32
     cases = [(gens[0], F64, "cpu", 0, True), (gens[1], F64, "cpu", 1, False), (gens[2], F32, "cpu", None, True)]
-    cases += [(gens[0], F64, dev, None, None) for dev in _devices()]
+    cases += [(gens[0], F64, dev, None, None) for dev in cuda_devices()]
     what = "algorithm1_loss(U, x_pos, x_neg, reg)"
     for g, dtype, device, kind, penalised in cases:
         g = torch.Generator().manual_seed(int(g.initial_seed()))
         U, x_pos, x_neg, reg = _loss_problem(g, dtype, device, kind)
         if penalised is not None:
-            reg = _uniform(g, 0.1, 1.0) if penalised else 0.0
+            reg = uniform(g, 0.1, 1.0) if penalised else 0.0
         params = list(U.parameters())
         ep, en, en_attached = U(x_pos), U(x_neg.detach()), U(x_neg)
 

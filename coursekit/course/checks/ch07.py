@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..registry import exercise
-from ._common import call, draws, expect, expect_pair, fail, require_callable, stays_on_meta
+from ._common import (call, cuda_devices, draws, expect, expect_pair, fail, randint, require_callable,
+                      stays_on_meta, uniform)
 
 __all__ = ["dsm_target", "hyvarinen_loss", "mala_step"]
 
@@ -28,21 +29,9 @@ F64, F32 = torch.float64, torch.float32
 TOL = {F64: 1e-9, F32: 1e-4}
 
 
-def _randint(g: torch.Generator, lo: int, hi: int) -> int:
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
-
-def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=F64))
-
-
 def _near(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
     a, b = a.to(F64), b.to(F64)
     return a.shape == b.shape and bool((a - b).abs().max() <= tol * (1 + b.abs().max()))
-
-
-def _devices() -> list[str]:
-    return ["cuda"] if torch.cuda.is_available() else []
 
 
 def _flags_kept(inputs: dict[str, torch.Tensor], before: dict[str, tuple]) -> None:
@@ -69,16 +58,16 @@ _DSM_MISTAKES = {
 
 
 def _dsm_inputs(g: torch.Generator, dtype, device, per_row: bool, grad: bool):
-    n, p = _randint(g, 3, 12), _randint(g, 1, 5)
+    n, p = randint(g, 3, 12), randint(g, 1, 5)
     if n == p:
         n += 1
-    x = 2 * torch.randn(n, p, generator=g, dtype=F64) + _uniform(g, -2, 2)
+    x = 2 * torch.randn(n, p, generator=g, dtype=F64) + uniform(g, -2, 2)
     # noise levels far from 1, so that sigma, sigma^2 and 1 never coincide
     if per_row:
-        sigma = torch.exp(_uniform(g, -1.5, 1.5) + 0.5 * torch.randn(n, 1, generator=g, dtype=F64))
+        sigma = torch.exp(uniform(g, -1.5, 1.5) + 0.5 * torch.randn(n, 1, generator=g, dtype=F64))
         sigma = torch.where((sigma - 1).abs() < 0.2, sigma + 0.5, sigma)
     else:
-        sigma = math.exp(_uniform(g, 0.3, 1.2) * (1 if _uniform(g, 0, 1) < 0.5 else -1))
+        sigma = math.exp(uniform(g, 0.3, 1.2) * (1 if uniform(g, 0, 1) < 0.5 else -1))
     x_noisy = x + sigma * torch.randn(n, p, generator=g, dtype=F64)
     x, x_noisy = x.to(device=device, dtype=dtype), x_noisy.to(device=device, dtype=dtype)
     if isinstance(sigma, torch.Tensor):
@@ -100,7 +89,7 @@ def dsm_target(answer):
     gens = list(draws(4))
     cases = [(gens[0], F64, "cpu", False, False), (gens[1], F64, "cpu", True, False),
              (gens[2], F32, "cpu", False, True), (gens[3], F64, "cpu", True, True)]
-    cases += [(gens[0], F64, dev, True, False) for dev in _devices()]
+    cases += [(gens[0], F64, dev, True, False) for dev in cuda_devices()]
     what = "dsm_target(x, x_noisy, sigma)"
     for g, dtype, device, per_row, grad in cases:
         x, xn, sigma = _dsm_inputs(g, dtype, device, per_row, grad)
@@ -150,13 +139,13 @@ class _Energy(nn.Module):
 
     def __init__(self, g: torch.Generator, p: int, dtype):
         super().__init__()
-        k = _randint(g, 2, 4)
+        k = randint(g, 2, 4)
         m = torch.eye(p, dtype=F64) + 0.6 * torch.randn(p, p, generator=g, dtype=F64)
-        self.M = nn.Parameter((m * _uniform(g, 0.6, 1.5)).to(dtype))
+        self.M = nn.Parameter((m * uniform(g, 0.6, 1.5)).to(dtype))
         self.w = nn.Parameter((1.2 * torch.randn(k, p, generator=g, dtype=F64)).to(dtype))
         self.b = nn.Parameter(torch.randn(k, generator=g, dtype=F64).to(dtype))
         self.a = nn.Parameter((1.5 * torch.randn(k, generator=g, dtype=F64)).to(dtype))
-        self.c = nn.Parameter(torch.tensor(_uniform(g, 0.05, 0.3), dtype=dtype))
+        self.c = nn.Parameter(torch.tensor(uniform(g, 0.05, 0.3), dtype=dtype))
 
     def forward(self, x):
         return 0.5 * (x @ self.M).pow(2).sum(-1) + (self.a * torch.tanh(x @ self.w.T + self.b)).sum(-1) \
@@ -193,11 +182,11 @@ def hyvarinen_loss(answer):
     require_callable(answer, "hyvarinen_loss")
     gens = list(draws(3))
     cases = [(gens[0], F64, "cpu"), (gens[1], F64, "cpu"), (gens[2], F32, "cpu")]
-    cases += [(gens[0], F64, dev) for dev in _devices()]
+    cases += [(gens[0], F64, dev) for dev in cuda_devices()]
     what = "hyvarinen_loss(U, x)"
     for g, dtype, device in cases:
-        p = _randint(g, 2, 5)
-        n = _randint(g, 3, 9)
+        p = randint(g, 2, 5)
+        n = randint(g, 3, 9)
         U = _Energy(g, p, dtype).to(device)
         x = (1.2 * torch.randn(n, p, generator=g, dtype=F64)).to(device=device, dtype=dtype)
         params = list(U.parameters())
@@ -271,9 +260,9 @@ class _MalaEnergy(nn.Module):
 
     def __init__(self, g: torch.Generator, p: int, dtype):
         super().__init__()
-        k = _randint(g, 2, 3)
+        k = randint(g, 2, 3)
         m = torch.eye(p, dtype=F64) + 0.4 * torch.randn(p, p, generator=g, dtype=F64)
-        self.M = nn.Parameter((m * _uniform(g, 0.7, 1.4)).to(dtype))
+        self.M = nn.Parameter((m * uniform(g, 0.7, 1.4)).to(dtype))
         self.mu = nn.Parameter(torch.randn(p, generator=g, dtype=F64).to(dtype))
         self.w = nn.Parameter(torch.randn(k, p, generator=g, dtype=F64).to(dtype))
         self.a = nn.Parameter((1.5 * torch.randn(k, generator=g, dtype=F64)).to(dtype))
@@ -283,10 +272,10 @@ class _MalaEnergy(nn.Module):
 
 
 def _mala_problem(g: torch.Generator, dtype, device):
-    p, n = _randint(g, 1, 4), _randint(g, 30, 60)
+    p, n = randint(g, 1, 4), randint(g, 30, 60)
     U = _MalaEnergy(g, p, dtype).to(device)
     U64 = copy.deepcopy(U).to(device="cpu", dtype=F64)
-    gamma = _randint(g, 2, 8) / 10  # one decimal: a crash message that echoes it leaks no computed number
+    gamma = randint(g, 2, 8) / 10  # one decimal: a crash message that echoes it leaks no computed number
     X = U64.mu.detach() + torch.randn(n, p, generator=g, dtype=F64)
     X = X.to(dtype).to(F64)  # representable in the answer's dtype
     xr = X.clone().requires_grad_(True)
@@ -329,7 +318,7 @@ def mala_step(answer):
     require_callable(answer, "mala_step")
     gens = list(draws(3))
     cases = [(gens[0], F64, "cpu"), (gens[1], F64, "cpu"), (gens[2], F32, "cpu")]
-    cases += [(gens[0], F64, dev) for dev in _devices()]
+    cases += [(gens[0], F64, dev) for dev in cuda_devices()]
     what = "mala_step(U, x, y, gamma, u)"
     for g, dtype, device in cases:
         U, U64, X, Y, gamma = _mala_problem(g, dtype, device)
