@@ -22,7 +22,8 @@ trained models) and ``bench_sync.py`` (coursekit alone: training with per-step r
 device against the deferred reads of its guard; at most 31 rounds). RESULTS.md says which scripts
 were left out (a missing peer library, a failure) and why.
 The other scripts of ``benchmarks/`` (``bench_score.py``, ``bench_grading.py``,
-``digits_coupling.py``) are studies of coursekit alone, quoted by the chapters, not comparisons.
+``digits_coupling.py``) are studies of coursekit alone, quoted by the chapters, not comparisons;
+``gpu_check.py`` is the prepared run of the checks that need a GPU.
 
 RESULTS.md starts with the date, the machine (CPU model, logical CPUs, threads used, load
 average before and after), Python, torch and library versions, then one markdown table per
