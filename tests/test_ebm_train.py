@@ -189,6 +189,8 @@ def test_a_chain_that_diverges_between_reads_is_reported_at_its_iteration():
     # its finite samples only, ready to start the chains of a resumed run
     # capacity None: the last batch, NaN but for the few chains restarted from N(0, I)
     assert res.buffer is not None and len(res.buffer) < 8 and (len(res.buffer) == 0 or res.buffer.samples.isfinite().all())
+    # the last negatives likewise (the chains of iteration 49, NaN but for the restarted ones)
+    assert res.negatives.shape[1:] == (2,) and res.negatives.shape[0] < 8 and res.negatives.isfinite().all()
     torch.manual_seed(0)
     U, states = MLPEnergy(2, hidden=8), []
     with pytest.raises(TrainingDiverged, match="step 40") as info:

@@ -48,6 +48,11 @@ __all__ = ["ReplayBuffer", "contrastive_loss", "train_ebm", "EBMTrainingResult",
 CHAINS = ("replay", "persistent", "short-run")
 
 
+def _finite_rows(x: Tensor) -> Tensor:
+    """Which samples (rows of ``x``, of any shape, even ``()``) have no NaN or infinite entry."""
+    return torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+
+
 class ReplayBuffer:
     """The buffer B of Algorithm 1: past negative samples, used to start the next chains.
 
@@ -80,7 +85,7 @@ class ReplayBuffer:
         the error's ``history`` can start the chains of a resumed run."""
         if self.samples is None:
             return 0
-        keep = torch.isfinite(self.samples.reshape(len(self), -1)).all(1)  # samples of any shape, even ()
+        keep = _finite_rows(self.samples)
         dropped = int((~keep).sum())  # one read from the device, on the error path only
         if dropped:
             self.samples = self.samples[keep] if dropped < len(keep) else None
@@ -132,7 +137,7 @@ class EBMTrainingResult:
     loss: list[float] = field(default_factory=list)
     e_pos: list[float] = field(default_factory=list)
     e_neg: list[float] = field(default_factory=list)
-    negatives: Tensor | None = None
+    negatives: Tensor | None = None  # after a stop on an error: its finite samples only (maybe none)
     buffer: ReplayBuffer | None = None
     stopped_at: int | None = None  # set when training stopped early (see coursekit.train.TrainingGuard)
     stop_reason: str | None = None
@@ -296,13 +301,15 @@ def _loop(energy, data, n_iter, batch_size, n_steps, alpha, chains, reg, optimiz
         read()
     except BaseException:
         _drain(pending, result)
-        if buffer is not None:
-            # the chains may have diverged up to a window before the read that reported it, and
-            # pushed NaN samples since: keep only the finite ones
-            try:
+        # the chains may have diverged up to a window before the read that reported it, and the
+        # buffer and the last negatives hold NaN samples since: keep only the finite ones
+        try:
+            if buffer is not None:
                 buffer.drop_nonfinite()
-            except Exception:  # noqa: BLE001 - the device itself may have failed: keep the first error
-                pass
+            if result.negatives is not None:
+                result.negatives = result.negatives[_finite_rows(result.negatives)]
+        except Exception:  # noqa: BLE001 - the device itself may have failed: keep the first error
+            pass
         raise
     return persistent
 
