@@ -50,6 +50,8 @@ def run_one(path: Path, deadline: float) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     import coursekit.book
 
     glued: dict = {}
@@ -70,8 +72,6 @@ def run_one(path: Path, deadline: float) -> dict:
             break
         finally:
             times.append(round(time.perf_counter() - start, 2))
-            import matplotlib.pyplot as plt
-
             plt.close("all")
     record["seconds"] = round(sum(times), 1)
     return record
