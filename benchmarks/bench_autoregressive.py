@@ -10,7 +10,7 @@ Run it in a separate environment that has the peer libraries next to the same to
     OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_autoregressive.py [--rounds 15]
     OMP_NUM_THREADS=1 /work/venvs/peers/bin/python benchmarks/bench_autoregressive.py --only sampling --dims 8,32,64
 
-Two tables (``benchmarks/run_all.py`` collects them into ``benchmarks/RESULTS.md``):
+Four tables (``benchmarks/run_all.py`` collects them into ``benchmarks/RESULTS.md``):
 
 * speed, on Gaussian data of dimension ``--dim``: training steps per second (Adam on the NLL of one
   fixed batch), log-densities per second and samples per second;
@@ -18,7 +18,11 @@ Two tables (``benchmarks/run_all.py`` collects them into ``benchmarks/RESULTS.md
   incremental sampler, of the same MAF with ``naive=True`` (``p`` full MADE passes per layer, what the
   peers do), of coursekit's IAF of the same size (one pass per layer), and of the peers' MAFs; then
   whether the goals of issue 15 hold: incremental MAF sampling within 3x of IAF sampling, and at
-  least 10x as fast as zuko's MAF sampling.
+  least 10x as fast as zuko's MAF sampling;
+* the batch sweep (``--sweep-batches``): incremental MAF, IAF and zuko's MAF sampling at p = 64 from
+  a batch of 64 to 4096, where the sequential steps' fixed cost stops dominating;
+* block sizes (``--blocks``, ``--block-batches``): coursekit's MAF sampling with the incremental
+  solver's default block size (``MADE.solve_block``) against other sizes and unblocked.
 
 Timing (``_common.interleaved``): every library runs its operation once per round, in an order that
 rotates from round to round, after a warm-up; rates are medians over ``--rounds`` rounds and every
@@ -219,6 +223,8 @@ def sampling(args, device, p) -> Table:
 def batch_sweep(args, device, p: int = 64) -> Table:
     """Where the per-step overhead stops dominating: incremental MAF, IAF and zuko's MAF sampling at
     several batch sizes (the ratios are interleaved per batch size)."""
+    from coursekit.made import MADE
+
     names = [INC, IAF, "zuko MAF"]
     samplers = {}
     for name in names:
@@ -250,8 +256,52 @@ def batch_sweep(args, device, p: int = 64) -> Table:
         f"Medians over {args.sweep_rounds} interleaved rounds per batch size; ratios: medians of the per-round "
         "ratios [interquartile range]; 'met' when the whole range is within 3x.",
         "Each of the 5 x p = 320 sequential steps of the incremental sampler is nine small kernel calls (three "
-        "matrix products, two activations, four for the affine update); at small batches their fixed cost, not "
-        "the arithmetic, sets the time, and the ratio to IAF sampling (five full passes) falls as the batch grows.",
+        "matrix products, two activations, four for the affine update), plus three larger products per layer "
+        f"every {MADE.solve_block} steps (the blocks); at small batches the calls' fixed cost, not the arithmetic, sets the time, "
+        "and the ratio to IAF sampling (five full passes) falls as the batch grows.",
+    ]
+    return table
+
+
+def block_sizes(args, device, p: int = 64) -> Table:
+    """The block size of the incremental solver (``MADE.solve_block``): coursekit's MAF sampling with
+    the default, with other sizes and unblocked (a block of ``p`` steps: every step reads its whole
+    growing prefix), interleaved per batch size; the same network for all."""
+    from coursekit.made import MADE
+
+    default = MADE.solve_block
+    blocks = list(dict.fromkeys([default, *(int(b) for b in args.blocks.split(",")), p]))
+    samplers = {}
+    for block in blocks:
+        torch.manual_seed(0)
+        model, _, sample = _coursekit_maf(p, args.layers, args.hidden)
+        for m in model.modules():
+            if isinstance(m, MADE):
+                m.solve_block = block
+        samplers[block] = (model.to(device), sample)
+    name = {b: f"block {b}" + (" (default)" if b == default else " (unblocked)" if b >= p else "") for b in blocks}
+    others = [b for b in blocks if b != default]
+    table = Table(
+        f"Incremental MAF sampling against its block size, p = {p}, {args.layers} layers, MADE hidden "
+        f"({args.hidden}, {args.hidden}), {device}",
+        ["batch", *(f"{name[b]} samples/s" for b in blocks), *(f"default / {name[b]}" for b in others)],
+    )
+    for batch in (int(b) for b in args.block_batches.split(",")):
+        ops = {}
+        for block, (_, sample) in samplers.items():
+            def op(sample=sample, batch=batch):
+                with torch.no_grad():
+                    sample(batch)
+            ops[block] = op
+        times = interleaved(ops, args.sweep_rounds, device, min_seconds=args.min_seconds)
+        table.rows.append([f"{batch:,}", *(f"{rate(times[b], batch):,.0f}" for b in blocks),
+                           *(ratio_cell(speed_ratio(times, default, b)) for b in others)])
+    table.notes = [
+        f"Medians over {args.sweep_rounds} interleaved rounds per batch size; ratios: medians of the per-round "
+        "speed ratios [interquartile range], > 1: the default is faster.",
+        "At the start of each block, one matrix product per layer adds what became final before it onto every "
+        "unit and output still to come; each step then reads only what became final within its block. Unblocked, "
+        "step t reads all t rows below it, and at large batches that reading is most of a step's cost.",
     ]
     return table
 
@@ -271,7 +321,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--sweep-batches", default="64,128,256,512,1024,2048,4096",
                     help="batch sizes of the sampling sweep (p = 64)")
     ap.add_argument("--sweep-rounds", type=int, default=15)
-    ap.add_argument("--only", choices=["speed", "sampling", "sweep"], help="one of the tables")
+    ap.add_argument("--blocks", default="4,8,32", help="block sizes to compare with the default (and unblocked)")
+    ap.add_argument("--block-batches", default="64,512,4096", help="batch sizes of the block-size table")
+    ap.add_argument("--only", choices=["speed", "sampling", "sweep", "blocks"], help="one of the tables")
     ap.add_argument("--sampling", action="store_true", help="the same as --only sampling (the old flag)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -293,6 +345,8 @@ def results(argv=None) -> list[Table]:
         tables += [sampling(args, device, int(p)) for p in args.dims.split(",")]
     if args.only in (None, "sweep"):
         tables.append(batch_sweep(args, device))
+    if args.only in (None, "blocks"):
+        tables.append(block_sizes(args, device))
     return tables
 
 

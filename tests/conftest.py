@@ -17,6 +17,17 @@ def root() -> Path:
     return ROOT
 
 
+@pytest.fixture(params=[1, 3, None], ids=["block1", "block3", "block-default"])
+def block(request, monkeypatch):
+    """The in-place solver's block size (steps between the products that add on what became final,
+    ``MADE.solve_block``): 1 (a product before every step), 3 (uneven blocks) and the default."""
+    from coursekit.made import MADE
+
+    if request.param is not None:
+        monkeypatch.setattr(MADE, "solve_block", request.param)
+    return MADE.solve_block
+
+
 class HostReads:
     """Counts the reads of tensor values into Python (bool, float, int, item, tolist): on a GPU
     each is a synchronisation that stalls the pipeline. torch.optim's reads are not counted:

@@ -292,7 +292,7 @@ def _sequential_directions():
 
 @pytest.mark.parametrize("case", range(9), ids=[c[0] for c in _sequential_directions()])
 @pytest.mark.parametrize("batch", [1, 5])
-def test_incremental_sequential_direction_matches_naive(case, batch):
+def test_incremental_sequential_direction_matches_naive(case, batch, block):
     _, layer, direction = _sequential_directions()[case]
     layer = _randomise(layer).double()
     v = torch.randn(batch, 6, dtype=torch.float64)
@@ -323,7 +323,7 @@ def test_incremental_sequential_direction_matches_naive(case, batch):
 
 @pytest.mark.parametrize("form", ["after", "before"])
 @pytest.mark.parametrize("inverse", [False, True])
-def test_in_place_steps_return_the_networks_outputs_at_the_solution(form, inverse):
+def test_in_place_steps_return_the_networks_outputs_at_the_solution(form, inverse, block):
     # the in-place steps fold factors (and, shifting first, the target) into the output layer:
     # what MADE.solve returns must still be the network's raw outputs at the solution
     cond = _randomise(MAF(5, hidden=(10, 10), order="random", seed=4, shift=form)).double().conditioner

@@ -115,7 +115,7 @@ SOLVE_CASES = [
 
 @pytest.mark.parametrize("dim, hidden, n_params, order, activation", SOLVE_CASES)
 @pytest.mark.parametrize("batch", [1, 9])
-def test_incremental_solve_matches_the_naive_p_pass_solver(dim, hidden, n_params, order, activation, batch):
+def test_incremental_solve_matches_the_naive_p_pass_solver(dim, hidden, n_params, order, activation, batch, block):
     net = _random_made(dim, hidden, n_params, order, activation)
     z = torch.randn(batch, dim, dtype=torch.float64)
     with torch.no_grad():
@@ -168,10 +168,10 @@ def test_incremental_solve_float32_and_gradients(dim, hidden, n_params, order, a
         torch.testing.assert_close(g, g_ref, atol=1e-10, rtol=1e-10)
 
 
-def test_incremental_solve_makes_one_pass_of_multiply_adds():
+def test_incremental_solve_makes_one_pass_of_multiply_adds(block):
     """The steps read every unmasked weight once per sample and no masked one: the multiply-adds of
     one pass with the masked products skipped (a dense pass makes all of them). The in-place steps
-    fold each bias in as one more column (one multiply-add per unit and sample)."""
+    fold each bias in as one more column (one multiply-add per unit and sample), in blocks or not."""
     from torch.utils.flop_counter import FlopCounterMode
 
     net = _random_made(16, (32, 32), 2, "random", dtype=torch.float32)
@@ -250,3 +250,21 @@ def test_solve_buffers_follow_the_weights_batch_dtype_and_order():
 def test_solve_rejects_a_wrong_target():
     with pytest.raises(ValueError, match="target must have shape"):
         MADE(3, hidden=(4,)).solve(_affine, torch.zeros(2, 4))
+
+
+def test_solve_block_is_per_instance_and_checked():
+    """Changing a MADE's block size rebuilds its in-place plan (the same solution up to rounding);
+    a block size that is not a positive integer is refused with what was expected."""
+    net = _random_made(9, (12, 10), 2, "random")
+    z = torch.randn(6, 9, dtype=torch.float64)
+    with torch.no_grad():
+        ref = net.solve(_affine, z, naive=True)[0]
+        for block in (2, 5, 9, 100):
+            net.solve_block = block
+            torch.testing.assert_close(net.solve(_affine, z)[0], ref, atol=1e-12, rtol=1e-12)
+            assert net.__dict__["_plan_cache"].key[-1] == block
+        assert MADE.solve_block == 16  # the class default is untouched
+        for bad in (0, -3, 2.5, True, "8"):
+            net.solve_block = bad
+            with pytest.raises(ValueError, match="solve_block must be a positive integer"):
+                net.solve(_affine, z)
