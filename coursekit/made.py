@@ -175,7 +175,10 @@ class MADE(nn.Module):
         layers: list[nn.Module] = []
         for k, mask in enumerate(masks):
             if k > 0:
-                layers.append(activation())
+                act = activation()
+                if type(act) is nn.ReLU:  # onto the masked product's own output: no copy, same values
+                    act.inplace = True
+                layers.append(act)
             layers.append(MaskedLinear(mask))
         self.net = nn.Sequential(*layers)
 
