@@ -301,7 +301,8 @@ def block_sizes(args, device, p: int = 64) -> Table:
         "speed ratios [interquartile range], > 1: the default is faster.",
         "At the start of each block, one matrix product per layer adds what became final before it onto every "
         "unit and output still to come; each step then reads only what became final within its block. Unblocked, "
-        "step t reads all t rows below it, and at large batches that reading is most of a step's cost.",
+        "step t reads all t rows below it, and the more so the larger the batch, that reading costs time of its own "
+        "(the last column).",
     ]
     return table
 

@@ -388,8 +388,8 @@ def _blocked_steps(starts, k, weights, below, outs, acts, out, targets, u, block
     rows in the order they become final) and writes ``outs[j]``. At step ``t`` it writes its rows
     of that step (the units of degree ``t``; the outputs of coordinate ``t + 1``), which read the
     first ``1 + reads(t)`` rows below. Unblocked, a step reads that whole prefix, which grows with
-    ``t``: at a batch of hundreds, reading it is most of what a step's matrix product costs.
-    Blocked (a blocked forward substitution, as in LAPACK's triangular solvers): at the start of
+    ``t``, and from a batch of hundreds reading it costs a step's matrix products time of their own.
+    Blocked (a blocked forward substitution, as blocked triangular solvers do it): at the start of
     each block after the first, ``products`` add onto every row still to come the contributions of
     the rows below that have become final since the previous block, one matrix product per layer
     (``(w, x, h, acc)``: ``h += w x`` if ``acc`` else ``h = w x``), and a step of that block then
