@@ -211,11 +211,11 @@ class MADE(nn.Module):
         units of degree ``<= t`` below it, and the ``n_params`` outputs of coordinate ``t + 1``.
         Those reads are exactly the unmasked weights, so the ``dim`` steps together make the
         multiply-adds of ONE pass with the masked products skipped (fewer than a dense pass);
-        what remains of ``dim`` is the number of small sequential steps. The steps come in blocks
-        (``solve_block`` steps): at the start of a block, what the coordinates and units
-        made final so far contribute to every unit and output still to come is added on in one
-        matrix product per layer, so that a step reads only what became final within its block
-        (a blocked forward substitution; the same multiply-adds, in larger products). With autograd on (a
+        what remains of ``dim`` is the number of small sequential steps. The in-place steps come in
+        blocks of ``solve_block``: at the start of a block, what the coordinates and units made
+        final so far contribute to every unit and output still to come is added on in one matrix
+        product per layer, so that a step reads only what became final within its block (a blocked
+        forward substitution: the same multiply-adds, some in larger products). With autograd on (a
         parameter or ``target`` requires a gradient), the steps are assembled out of place and
         the result is differentiable; otherwise they read and write views of buffers that are
         built once per batch size, dtype and device and kept for the next call (see
@@ -431,17 +431,18 @@ class _SolvePlan:
 
     Buffers, each with a first row of ones (so that a bias is one more column of its weight and
     every step is a plain matrix product, not a product plus a broadcast add): the solution in
-    step order, one block per hidden layer; then the targets in step order and the raw outputs.
+    step order, one buffer per hidden layer; then the targets in step order and the raw outputs.
     The weights, sorted as in :func:`_sort_indices` with the bias as column 0, are refreshed
     from the parameters at every call (one gather per layer), so training between calls needs
     no invalidation. Per step ``t``, the views that step reads and writes: for each hidden layer,
-    its units of degree ``t`` (a block of rows of the sorted weight) against the units of degree
+    its units of degree ``t`` (a range of rows of the sorted weight) against the units of degree
     ``<= t`` below (a prefix of the buffer below), then the outputs of step ``t`` against the
-    prefix of the last hidden layer; in blocks of ``made.solve_block`` steps, the part of those prefixes that
-    was final before the block began is added on at its start, for all the rows still to come at
-    once (:func:`_blocked_steps`). Each view reads only unmasked weights, so no mask is applied
-    at all. Creating a view costs about a microsecond, and a network needs several hundred: that
-    is why the plan is kept (by the MADE, for its last batch size) rather than rebuilt per call.
+    prefix of the last hidden layer; in blocks of ``made.solve_block`` steps, the part of those
+    prefixes that was final before the block began is added on at its start, for all the rows
+    still to come at once (:func:`_blocked_steps`). Each view reads only unmasked weights, so no
+    mask is applied at all. Creating a view costs about a microsecond, and a network needs several
+    hundred: that is why the plan is kept (by the MADE, for its last batch size) rather than
+    rebuilt per call.
     """
 
     KEEP_NUMEL = 1 << 22  # buffers up to 4M numbers (16 MB in float32) stay cached between calls
