@@ -8,16 +8,18 @@ lease and a failure in one part leaves the others' results:
    set-up cell is skipped (it would install coursekit from GitHub; the checkout is on the path),
    ``glue`` records the numbers the prose quotes, plots go to a non-interactive backend. Per
    chapter: seconds, the cell that failed with its error, or the cells left when time ran out;
-2. times MAF sampling on the device (``bench_autoregressive.py --only sampling`` and
-   ``--only sweep``: where kernel-launch latency dominates and at which batch the incremental
-   sampler comes within 3x of the IAF) and the training loops' deferred reads against per-step
+2. times MAF sampling on the device (``bench_autoregressive.py --only sampling``, ``--only
+   sweep``: where kernel-launch latency dominates and at which batch the incremental sampler
+   comes within 3x of the IAF, and ``--only blocks``: whether the solver's blocks of steps, which
+   add three products per layer every 16 steps, pay there too) and the training loops' deferred
+   reads against per-step
    reads (``bench_sync.py``). The peer libraries are timed too where they are installed.
 
 It writes ``gpu_check.md`` (and ``gpu_check.json``) into ``--out``. Nothing beyond what the
 device machine has is needed (torch, numpy, matplotlib, scikit-learn, tqdm). On the device
 machine, from the repository's root::
 
-    python3 benchmarks/gpu_check.py --out "$OUT"        # about 8 minutes at most: run with timeout_s 600
+    python3 benchmarks/gpu_check.py --out "$OUT"        # about 9 minutes at most: run with timeout_s 600
 
 Here, to check the script itself (fast mode, CPU, a few seconds per chapter)::
 
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chapters", default="05,04b,04", help="prefixes of lectures/*.ipynb, run in this order")
     ap.add_argument("--mode", default="full", choices=["fast", "full"])
     ap.add_argument("--device", default="cuda", help="what the benchmarks time on (the notebooks pick the GPU)")
-    ap.add_argument("--budget", type=float, default=300.0, help="seconds for all the notebooks together")
+    ap.add_argument("--budget", type=float, default=270.0, help="seconds for all the notebooks together")
     ap.add_argument("--bench-budget", type=float, default=60.0, help="seconds for each benchmark")
     ap.add_argument("--no-bench", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run this notebook and print its record
@@ -135,6 +137,8 @@ def main(argv=None) -> int:
             "sampling": [str(bench / "bench_autoregressive.py"), "--only", "sampling", "--sample-rounds", "31"],
             "sweep": [str(bench / "bench_autoregressive.py"), "--only", "sweep", "--sweep-rounds", "7",
                       "--sweep-batches", "64,256,1024,4096,16384"],
+            "blocks": [str(bench / "bench_autoregressive.py"), "--only", "blocks", "--sweep-rounds", "7",
+                       "--block-batches", "64,1024,16384"],
             "sync": [str(bench / "bench_sync.py"), "--rounds", "15"],
         }.items():
             code, text = _child([sys.executable, *cmd, "--device", args.device], env, args.bench_budget)
