@@ -226,6 +226,18 @@ def sampling(args, device, p) -> Table:
     return table
 
 
+def _sample_times(samplers: dict, batch: int, args, device) -> dict:
+    """Every sampler's ``sample(batch)`` (``samplers[key] = (model, sample)``), timed interleaved
+    over ``--sweep-rounds`` rounds."""
+    ops = {}
+    for key, (_, sample) in samplers.items():
+        def op(sample=sample):
+            with torch.no_grad():
+                sample(batch)
+        ops[key] = op
+    return interleaved(ops, args.sweep_rounds, device, min_seconds=args.min_seconds)
+
+
 def batch_sweep(args, device, p: int = 64) -> Table:
     """Where the per-step overhead stops dominating: incremental MAF, IAF and zuko's MAF sampling at
     several batch sizes (the ratios are interleaved per batch size)."""
@@ -247,13 +259,7 @@ def batch_sweep(args, device, p: int = 64) -> Table:
          "incremental MAF / zuko MAF"],
     )
     for batch in (int(b) for b in args.sweep_batches.split(",")):
-        ops = {}
-        for name, (_, sample) in samplers.items():
-            def op(sample=sample, batch=batch):
-                with torch.no_grad():
-                    sample(batch)
-            ops[name] = op
-        times = interleaved(ops, args.sweep_rounds, device, min_seconds=args.min_seconds)
+        times = _sample_times(samplers, batch, args, device)
         r_iaf = speed_ratio(times, INC, IAF)
         zuko = ratio_cell(speed_ratio(times, INC, "zuko MAF")) if "zuko MAF" in times else "not installed"
         table.rows.append([f"{batch:,}", f"{rate(times[INC], batch):,.0f}", f"{rate(times[IAF], batch):,.0f}",
@@ -293,13 +299,7 @@ def block_sizes(args, device, p: int = 64) -> Table:
         ["batch", *(f"{name[b]} samples/s" for b in blocks), *(f"default / {name[b]}" for b in others)],
     )
     for batch in (int(b) for b in args.block_batches.split(",")):
-        ops = {}
-        for block, (_, sample) in samplers.items():
-            def op(sample=sample, batch=batch):
-                with torch.no_grad():
-                    sample(batch)
-            ops[block] = op
-        times = interleaved(ops, args.sweep_rounds, device, min_seconds=args.min_seconds)
+        times = _sample_times(samplers, batch, args, device)
         table.rows.append([f"{batch:,}", *(f"{rate(times[b], batch):,.0f}" for b in blocks),
                            *(ratio_cell(speed_ratio(times, default, b)) for b in others)])
     table.notes = [
