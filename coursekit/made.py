@@ -432,9 +432,10 @@ class _SolvePlan:
     Buffers, each with a first row of ones (so that a bias is one more column of its weight and
     every step is a plain matrix product, not a product plus a broadcast add): the solution in
     step order, one buffer per hidden layer; then the targets in step order and the raw outputs.
-    The weights, sorted as in :func:`_sort_indices` with the bias as column 0, are refreshed
-    from the parameters at every call (one gather per layer), so training between calls needs
-    no invalidation. Per step ``t``, the views that step reads and writes: for each hidden layer,
+    The weights, sorted as in :func:`_sort_indices` with the bias as column 0, are gathered
+    from the parameters again whenever these differ from the copy kept at the last gather
+    (compared by value, on a CPU; on a GPU at every call), so training between calls needs no
+    invalidation. Per step ``t``, the views that step reads and writes: for each hidden layer,
     its units of degree ``t`` (a range of rows of the sorted weight) against the units of degree
     ``<= t`` below (a prefix of the buffer below), then the outputs of step ``t`` against the
     prefix of the last hidden layer; in blocks of ``made.solve_block`` steps, the part of those
@@ -462,6 +463,8 @@ class _SolvePlan:
         self.weight_idx = idx["weight"]
         self.bias_idx = [i[:, None] for i in idx["bias"]]
         self.scales: dict[tuple, Tensor] = {}
+        self.sources: list | None = None  # copies of the parameters last gathered (CPU only)
+        self.scaled: tuple | None = None  # the factors the head's sorted weights hold
         self.weights = [torch.empty(i.shape[0], 1 + i.shape[1], **like) for i in self.weight_idx]
         self.u = torch.empty(1 + p, n, **like)
         self.hidden = [torch.empty(1 + h, n, **like) for h in made.hidden]
@@ -477,30 +480,62 @@ class _SolvePlan:
             acts, self.out, self.targets, self.u[1:], made.solve_block,
         )
 
+    def _sorted_current(self, linears) -> bool:
+        """Whether the sorted weights were gathered from parameters equal to the current ones (on a
+        CPU only: there the comparison costs a third of the gathers; on a GPU it would read a
+        result back to the host, and the gathers are cheap kernels). By value, so that any write
+        to the parameters counts, in place, through ``.data`` or by replacing them."""
+        if self.sources is None:
+            return False
+        for lin, (w, b) in zip(linears, self.sources):
+            if not torch.equal(w, lin.weight) or (b is None) != (lin.bias is None):
+                return False
+            if b is not None and not torch.equal(b, lin.bias):
+                return False
+        return True
+
+    def _sort(self, linears, layers) -> None:
+        """Gather the sorted weights (bias as column 0) of ``layers`` from the parameters."""
+        for j in layers:
+            lin, w = linears[j], self.weights[j]
+            torch.take(lin.weight, self.weight_idx[j], out=w[:, 1:])
+            if lin.bias is None:
+                w[:, 0].zero_()
+            else:
+                torch.take(lin.bias, self.bias_idx[j], out=w[:, :1])
+        if self.weights[0].device.type == "cpu":
+            with torch.no_grad():
+                self.sources = [(lin.weight.detach().clone(), None if lin.bias is None else lin.bias.detach().clone())
+                                for lin in linears]
+        self.scaled = None
+
     def run(self, made: MADE, update, target: Tensor, outputs: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
         """The solution and the raw outputs, both in step order (rows), in the plan's buffers, and
         the factors folded into the outputs (``update.scale``, or None). With ``outputs=False``
         the outputs are left as the steps used them (``update.fold`` not taken back out)."""
-        for lin, w, wi, bi in zip(made._linears(), self.weights, self.weight_idx, self.bias_idx):
+        linears = made._linears()
+        for lin in linears:
             if lin.weight.dtype != target.dtype:
                 raise TypeError(
                     f"MADE.solve: the network is {lin.weight.dtype} and the target {target.dtype}; "
                     "convert one of them (e.g. made.to(target.dtype))"
                 )
-            torch.take(lin.weight, wi, out=w[:, 1:])
-            if lin.bias is None:
-                w[:, 0].zero_()
-            else:
-                torch.take(lin.bias, bi, out=w[:, :1])
-        torch.index_select(target.T, 0, made.order, out=self.targets)
         inplace = hasattr(update, "inplace")
         scale, fold = None, getattr(update, "fold", None) if inplace else None
-        if inplace and getattr(update, "scale", None) is not None:
-            scale = self.scales.get(tuple(update.scale))
+        key = tuple(update.scale) if inplace and getattr(update, "scale", None) is not None else None
+        if not self._sorted_current(linears):
+            self._sort(linears, range(len(linears)))
+        elif self.scaled != key:  # the head holds other factors: gathered again
+            self._sort(linears, [len(linears) - 1])
+        if key is not None:
+            scale = self.scales.get(key)
             if scale is None:
-                scale = self.scales[tuple(update.scale)] = torch.tensor(update.scale, dtype=target.dtype).to(target.device)
-            head = self.weights[-1]
-            head.view(-1, scale.numel(), head.shape[1]).mul_(scale[:, None])
+                scale = self.scales[key] = torch.tensor(key, dtype=target.dtype).to(target.device)
+            if self.scaled != key:
+                head = self.weights[-1]
+                head.view(-1, scale.numel(), head.shape[1]).mul_(scale[:, None])
+        self.scaled = key
+        torch.index_select(target.T, 0, made.order, out=self.targets)
         step = update.inplace(self.scratch) if inplace else None
         start = self.out.view(made.dim, made.n_params, -1)
         if fold is None:

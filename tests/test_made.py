@@ -268,3 +268,37 @@ def test_solve_block_is_per_instance_and_checked():
             net.solve_block = bad
             with pytest.raises(ValueError, match="solve_block must be a positive integer"):
                 net.solve(_affine, z)
+
+
+def test_solve_sees_every_write_to_the_weights():
+    """The in-place solver keeps its sorted copy of the weights while the parameters are unchanged
+    (compared by value on a CPU); any write must be seen: in place, through ``.data`` (which does
+    not bump the version counter), by replacing ``.data``, by zeroing a bias or one entry."""
+    net = _random_made(6, (8, 7), 2, "random")
+    z = torch.randn(4, 6, dtype=torch.float64)
+
+    def agree():
+        with torch.no_grad():
+            x, out = net.solve(_affine, z)
+            x_ref, out_ref = net.solve(_affine, z, naive=True)
+        torch.testing.assert_close(x, x_ref, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(out, out_ref, atol=1e-12, rtol=1e-12)
+        return x
+
+    last = agree()
+    lins = net._linears()
+    writes = [
+        lambda: lins[0].weight.data.mul_(1.5),
+        lambda: lins[2].weight.data.__setitem__((3, 2), 0.7 if float(lins[2].mask[3, 2]) else 0.0),
+        lambda: setattr(lins[1].weight, "data", lins[1].weight.data * -0.5),
+        lambda: lins[1].bias.data.zero_(),
+        lambda: lins[2].bias.data.add_(0.25),
+        lambda: net.load_state_dict(_random_made(6, (8, 7), 2, "random").state_dict()),
+    ]
+    for write in writes:
+        write()
+        x = agree()
+        assert not torch.equal(x, last)  # each write changed the solution, and the solver saw it
+        last = x
+    x_again = agree()  # nothing written: the kept copy, the same solution
+    assert torch.equal(x_again, last)
