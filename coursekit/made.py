@@ -139,9 +139,12 @@ class MADE(nn.Module):
         seed: seeds the random order (only used with ``order="random"``).
 
     ``solve_block`` (a class attribute, settable per instance) is the number of sequential steps
-    per block of :meth:`solve`'s in-place solver: 16 measured fastest or level from batch 64 to
-    4096 on one CPU thread (``benchmarks/bench_autoregressive.py --only blocks``); any positive
-    integer gives the same solution up to rounding, a value ``>= dim`` no blocking.
+    per block of :meth:`solve`'s in-place solver; any positive integer gives the same solution up
+    to rounding, a value ``>= dim`` no blocking. The default, 16, was chosen on one CPU thread at
+    p = 64 (``benchmarks/bench_autoregressive.py --only blocks``, ``benchmarks/RESULTS.md``): over
+    the runs made, it sampled 1.4 to 1.5 times as fast as unblocked at a batch of 4096, 1.0 to
+    1.1 times at 512 and 0.9 to 1.0 times at 64, where the products it adds per block cost about
+    what they save (a small batch may prefer ``solve_block = dim``).
     """
 
     solve_block: int = 16
