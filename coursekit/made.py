@@ -32,6 +32,7 @@ torch.Size([5, 2, 3])
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -246,6 +247,7 @@ class MADE(nn.Module):
                 out = self(u)
                 u = update(out.movedim(-2, 0), target)
             return u, out if outputs else None
+        self._check_block()  # with autograd on too, where blocks are not used: reported at once
         grad = torch.is_grad_enabled() and (target.requires_grad or any(q.requires_grad for q in self.parameters()))
         if grad:
             u_steps, out_steps, rank = self._steps_autograd(update, target)
@@ -264,10 +266,19 @@ class MADE(nn.Module):
             out = out / scale[:, None]
         return u, out
 
-    def _solve_plan(self, target: Tensor) -> _SolvePlan:
+    def _check_block(self) -> None:
         block = self.solve_block
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            raise ValueError(f"MADE.solve_block must be a positive integer (steps per block), got {block!r}")
+        try:  # any integer (a NumPy one too), not a bool, a float or a string
+            ok = not isinstance(block, bool) and operator.index(block) >= 1
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"MADE.solve_block must be a positive integer (steps per block), got {block!r}; "
+                "e.g. made.solve_block = made.dim for no blocks, or delete the instance attribute for the default"
+            )
+
+    def _solve_plan(self, target: Tensor) -> _SolvePlan:
         key = _SolvePlan.key(self, target)
         plan = self.__dict__.get("_plan_cache")
         if plan is None or plan.key != key:

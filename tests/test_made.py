@@ -1,5 +1,6 @@
 """MADE: masks from orders, and the autoregressive property read off the Jacobian."""
 
+import numpy as np
 import pytest
 import torch
 from torch.autograd.functional import jacobian
@@ -259,7 +260,7 @@ def test_solve_block_is_per_instance_and_checked():
     z = torch.randn(6, 9, dtype=torch.float64)
     with torch.no_grad():
         ref = net.solve(_affine, z, naive=True)[0]
-        for block in (2, 5, 9, 100):
+        for block in (2, 5, 9, 100, np.int64(4)):
             net.solve_block = block
             torch.testing.assert_close(net.solve(_affine, z)[0], ref, atol=1e-12, rtol=1e-12)
             assert net.__dict__["_plan_cache"].key[-1] == block
@@ -268,6 +269,11 @@ def test_solve_block_is_per_instance_and_checked():
             net.solve_block = bad
             with pytest.raises(ValueError, match="solve_block must be a positive integer"):
                 net.solve(_affine, z)
+    with torch.enable_grad(), pytest.raises(ValueError, match="solve_block must be a positive integer"):
+        net.solve(_affine, z)  # the autograd path refuses it too, though it does not use blocks
+    del net.solve_block  # back to the class default
+    with torch.no_grad():
+        torch.testing.assert_close(net.solve(_affine, z)[0], ref, atol=1e-12, rtol=1e-12)
 
 
 def test_solve_sees_every_write_to_the_weights():
