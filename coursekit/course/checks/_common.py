@@ -78,9 +78,14 @@ def randint(g: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
+def uniforms(g: torch.Generator, lo: float, hi: float, shape=()) -> torch.Tensor:
+    """A float64 tensor of ``shape`` drawn uniformly in ``[lo, hi)``."""
+    return lo + (hi - lo) * torch.rand(shape, generator=g, dtype=F64)
+
+
 def uniform(g: torch.Generator, lo: float, hi: float) -> float:
-    """A float drawn uniformly in ``[lo, hi)`` (in float64)."""
-    return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=F64))
+    """A float drawn uniformly in ``[lo, hi)`` (in float64): one draw of :func:`uniforms`."""
+    return float(uniforms(g, lo, hi))
 
 
 def batch_size(g: torch.Generator, avoid) -> int:

@@ -18,7 +18,19 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Delegation, current, exercise
-from ._common import _resolve, call, close, devices, draws, expect, expect_pair, fail, randint, require_callable
+from ._common import (
+    _resolve,
+    call,
+    close,
+    devices,
+    draws,
+    expect,
+    expect_pair,
+    fail,
+    randint,
+    require_callable,
+    uniforms,
+)
 
 __all__ = ["closed_form_mle", "sgd_step", "nn_distance"]
 
@@ -150,10 +162,6 @@ def attached(value, name: str, grad: bool = True) -> None:
         expect(value, name, grad=True)
 
 
-def _uniform(g: torch.Generator, lo: float, hi: float, shape=()) -> Tensor:
-    return lo + (hi - lo) * torch.rand(shape, generator=g, dtype=F64)
-
-
 def _sizes(g: torch.Generator, n_range, p_range) -> tuple[int, int]:
     """(n, p) with n != p, so that a result over the wrong axis cannot have the right shape."""
     while True:
@@ -175,7 +183,7 @@ def _tol(dtype) -> float:
 
 def _mle_data(g: torch.Generator, n: int, p: int) -> Tensor:
     """Correlated Gaussian data far from the origin (so that forgetting to centre shows)."""
-    mix = _uniform(g, 0.3, 1.5, (p,)).diag() + 0.5 * torch.randn(p, p, generator=g, dtype=F64)
+    mix = uniforms(g, 0.3, 1.5, (p,)).diag() + 0.5 * torch.randn(p, p, generator=g, dtype=F64)
     loc = torch.randn(p, generator=g, dtype=F64) * 2.0 + 3.0 * torch.sign(torch.randn(p, generator=g, dtype=F64))
     return loc + torch.randn(n, p, generator=g, dtype=F64) @ mix
 
@@ -271,9 +279,9 @@ def sgd_step(answer):
     for g, (dtype, grad) in zip(draws(len(CASES)), CASES):
         B, p = _sizes(g, (4, 12), (2, 5))
         m0 = torch.randn(p, generator=g, dtype=F64)
-        s0 = _uniform(g, -0.6, 0.6, (p,))
-        batch0 = m0 + _uniform(g, 0.5, 2.0, (p,)) * torch.randn(B, p, generator=g, dtype=F64) + 0.5
-        gamma = float(_uniform(g, 0.2, 0.6)) / B
+        s0 = uniforms(g, -0.6, 0.6, (p,))
+        batch0 = m0 + uniforms(g, 0.5, 2.0, (p,)) * torch.randn(B, p, generator=g, dtype=F64) + 0.5
+        gamma = float(uniforms(g, 0.2, 0.6)) / B
         m, s, batch = (t.to(dtype) for t in (m0, s0, batch0))
         m.requires_grad_(grad)
         s.requires_grad_(grad)
@@ -341,7 +349,7 @@ def _nn_problem(g: torch.Generator) -> tuple[Tensor, Tensor]:
         n, N, p = randint(g, 6, 14), randint(g, 16, 30), randint(g, 2, 5)
         if len({n, N, p}) == 3:
             break
-    train = torch.randn(N, p, generator=g, dtype=F64) * _uniform(g, 0.5, 2.0, (p,))
+    train = torch.randn(N, p, generator=g, dtype=F64) * uniforms(g, 0.5, 2.0, (p,))
     k = randint(g, 2, 3)
     copies = train[torch.randint(N, (k,), generator=g)]
     near = train[torch.randint(N, (2,), generator=g)] + 0.1 * torch.randn(2, p, generator=g, dtype=F64)

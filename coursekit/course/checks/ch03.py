@@ -23,8 +23,8 @@ from torch import nn
 
 from ...flows import Bijection, Compose, Planar, Radial
 from ..registry import exercise
-from ._common import close, draws, expect, fail, randint, randomised, require_callable
-from .ch02 import CASES, F64, _tol, _uniform, attached, on_device, probe_devices, run_answer
+from ._common import close, draws, expect, fail, randint, randomised, require_callable, uniforms
+from .ch02 import CASES, F64, _tol, attached, on_device, probe_devices, run_answer
 
 __all__ = ["expectation_of_pushforward", "change_of_variables", "density_of_composition", "planar_log_det"]
 
@@ -57,7 +57,7 @@ class _Counted(Independent):
 def _base(kind: str, p: int, g: torch.Generator, dtype=F64, device="cpu") -> Independent:
     """A base distribution on R^p: ``"normal"`` (standard), ``"diag"`` (shifted, scaled), ``"laplace"``."""
     loc = torch.zeros(p, dtype=F64) if kind == "normal" else 0.5 * torch.randn(p, generator=g, dtype=F64)
-    scale = torch.ones(p, dtype=F64) if kind == "normal" else _uniform(g, 0.6, 1.6, (p,))
+    scale = torch.ones(p, dtype=F64) if kind == "normal" else uniforms(g, 0.6, 1.6, (p,))
     loc, scale = loc.to(dtype=dtype, device=device), scale.to(dtype=dtype, device=device)
     dist = Laplace(loc, scale, validate_args=False) if kind == "laplace" else Normal(loc, scale, validate_args=False)
     return _Counted(dist, 1)
@@ -438,13 +438,13 @@ def _planar_problem(i: int, g: torch.Generator):
         p, n = randint(g, 2, 5), randint(g, 8, 16)
         if n != p:
             break
-    w = torch.randn(p, generator=g, dtype=F64) * _uniform(g, 0.5, 1.5)
+    w = torch.randn(p, generator=g, dtype=F64) * uniforms(g, 0.5, 1.5)
     u = torch.randn(p, generator=g, dtype=F64)
-    target = float(_uniform(g, -3.0, -1.8)) if i == 0 else float(_uniform(g, -0.7, 2.5))
+    target = float(uniforms(g, -3.0, -1.8)) if i == 0 else float(uniforms(g, -0.7, 2.5))
     u = u + (target - u @ w) * w / (w @ w)  # now u^T w = target
-    b = _uniform(g, 0.2, 0.8) * torch.sign(torch.randn((), generator=g, dtype=F64))
+    b = uniforms(g, 0.2, 0.8) * torch.sign(torch.randn((), generator=g, dtype=F64))
     z = 1.5 * torch.randn(n, p, generator=g, dtype=F64)
-    a = torch.cat([_uniform(g, -0.3, 0.3, (3,)), z[3:] @ w + b])  # three rows close to the hyperplane
+    a = torch.cat([uniforms(g, -0.3, 0.3, (3,)), z[3:] @ w + b])  # three rows close to the hyperplane
     z = z + ((a - (z @ w + b)) / (w @ w))[:, None] * w
     return z, w, u, b
 
