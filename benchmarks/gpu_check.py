@@ -11,9 +11,8 @@ lease and a failure in one part leaves the others' results:
 2. times MAF sampling on the device (``bench_autoregressive.py --only sampling``, ``--only
    sweep``: where kernel-launch latency dominates and at which batch the incremental sampler
    comes within 3x of the IAF, and ``--only blocks``: whether the solver's blocks of steps, which
-   add three products per layer every 16 steps, pay there too) and the training loops' deferred
-   reads against per-step
-   reads (``bench_sync.py``). The peer libraries are timed too where they are installed.
+   add three products per layer per block, pay there too) and the training loops' deferred reads
+   against per-step reads (``bench_sync.py``). The peer libraries are timed too where installed.
 
 It writes ``gpu_check.md`` (and ``gpu_check.json``) into ``--out``. Nothing beyond what the
 device machine has is needed (torch, numpy, matplotlib, scikit-learn, tqdm). On the device
