@@ -35,7 +35,12 @@ zero-initialised last layer, the shift added after the scaling in the density di
 init of the last layer, not zero); ``softclip`` (zuko's soft clip in place of the tanh clamp);
 ``shift_before`` (the slides' form ``z_b = (x_b - m) exp(-alpha)`` with ``m`` the network's
 output, ``make_realnvp``'s default before issue 15 changed it on the strength of this script);
-combinations joined by ``+``.
+``silu``, ``elu``, ``tanh``, ``gelu``, ``leaky`` (that activation in every conditioner in place
+of the ReLU, swapped in after the weights are drawn, so a seed's initial weights are the
+default's); ``actnorm`` (Glow's ActNorm, with its data-dependent initialisation, after every
+coupling in the sampling direction: 4 more parameters per coupling in 2-D); ``actnorm_data`` (one
+ActNorm, at the data end); ``learned_base`` (a diagonal Gaussian base with trained mean and
+log-std); combinations joined by ``+``.
 """
 
 from __future__ import annotations
@@ -57,7 +62,10 @@ from nll_peers import DATASETS, LABEL, mean_sd, protocol_arguments, train_eval, 
 
 MAF_VARIANTS = ("default", "bound6.9", "bound10", "bound1e3", "softclip", "zero_last", "reverse", "random_order",
                 "random_degrees", "learned_base", "shift_after", "small_last")
-REALNVP_VARIANTS = ("default", "clamp1", "clamp6.9", "noclamp", "init", "softclip", "shift_before")
+REALNVP_VARIANTS = ("default", "clamp1", "clamp6.9", "noclamp", "init", "softclip", "shift_before", "silu", "elu",
+                    "tanh", "gelu", "leaky", "actnorm_data", "actnorm", "learned_base")
+ACTIVATIONS = {"silu": torch.nn.SiLU, "elu": torch.nn.ELU, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU,
+               "leaky": torch.nn.LeakyReLU}
 
 
 class _LearnedBase(torch.nn.Module):
@@ -169,6 +177,25 @@ def realnvp_builder(variant: str, layers: int, hidden: int):
             for layer in flow.modules():
                 if isinstance(layer, AffineCoupling):
                     layer._alpha = lambda s: s / (1 + s.abs() / math.log(1e3))  # zuko's soft clip
+        acts = [ACTIVATIONS[a] for a in opts if a in ACTIVATIONS]
+        if len(acts) > 1:
+            raise SystemExit(f"Real-NVP variant {variant!r} names more than one activation")
+        if acts:  # the same weights, drawn before the swap: only the nonlinearity differs
+            for net in [m for m in flow.modules() if isinstance(m, torch.nn.Sequential)]:
+                for i, m in enumerate(net):
+                    if isinstance(m, torch.nn.ReLU):
+                        net[i] = acts[0]()
+        if "actnorm" in opts or "actnorm_data" in opts:
+            from coursekit.flows import ActNorm, Compose
+
+            # in the sampling direction an ActNorm after every coupling ("actnorm") or after the
+            # last one only ("actnorm_data"): either way one sits at the data end, where the
+            # density direction starts and its data-dependent initialisation standardises the data
+            couplings = list(flow.transform) if "actnorm" in opts else [flow.transform]
+            flow = Flow(Compose(*[m for c in couplings for m in (c, ActNorm(p))]))
+        if "learned_base" in opts:
+            model = _LearnedBase(flow.transform, p)
+            return model, model.log_prob
         return flow, flow.log_prob
 
     return build
