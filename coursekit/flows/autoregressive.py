@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from .. import _validate as V
 from ..made import MADE
 from .base import Bijection, Compose, Flow, check_input
+from .coupling import _affine, _clamp
 
 __all__ = [
     "IAF",
@@ -143,19 +144,6 @@ class AffineConditioner(nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha = {self.bound:g} tanh(a / {self.bound:g}), shift={self.shift}"
-
-
-def _clamp(a: Tensor, bound: float) -> Tensor:
-    """The soft clamp of the log-scale, ``B tanh(a / B)``."""
-    return bound * torch.tanh(a / bound)
-
-
-def _affine(shift: Tensor, alpha: Tensor, t: Tensor, inverse: bool, form: str) -> Tensor:
-    """``exp(alpha) t + m`` (``inverse=False``) or ``(t - m) exp(-alpha)``, with ``m = shift``
-    (``form="before"``) or ``m = -shift exp(alpha)`` (``"after"``), without forming ``m``."""
-    if form == "after":
-        return torch.addcmul(shift, t, torch.exp(-alpha)) if inverse else (t - shift) * torch.exp(alpha)
-    return (t - shift) * torch.exp(-alpha) if inverse else torch.addcmul(shift, t, torch.exp(alpha))
 
 
 _LOG2E = 1.0 / math.log(2.0)

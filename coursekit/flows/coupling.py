@@ -167,6 +167,19 @@ class MLP(nn.Sequential):
 # ----------------------------------------------------------------------------- coupling layers
 
 
+def _clamp(a: Tensor, bound: float) -> Tensor:
+    """The soft clamp of the log-scale, ``B tanh(a / B)``."""
+    return bound * torch.tanh(a / bound)
+
+
+def _affine(shift: Tensor, alpha: Tensor, t: Tensor, inverse: bool, form: str) -> Tensor:
+    """``exp(alpha) t + m`` (``inverse=False``) or ``(t - m) exp(-alpha)``, with ``m = shift``
+    (``form="before"``) or ``m = -shift exp(alpha)`` (``"after"``), without forming ``m``."""
+    if form == "after":
+        return torch.addcmul(shift, t, torch.exp(-alpha)) if inverse else (t - shift) * torch.exp(alpha)
+    return (t - shift) * torch.exp(-alpha) if inverse else torch.addcmul(shift, t, torch.exp(alpha))
+
+
 class _Coupling(Bijection):
     """Split by ``mask``, transform the ``False`` part given the ``True`` part, merge back."""
 
@@ -292,19 +305,17 @@ class AffineCoupling(_Coupling):
         return self._alpha(s), shift
 
     def _alpha(self, s: Tensor) -> Tensor:
-        return self.clamp * torch.tanh(s / self.clamp) if self.clamp is not None else s
+        return _clamp(s, self.clamp) if self.clamp is not None else s
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         za, zb = self._split(z)
         alpha, shift = self._params(za)
-        xb = (zb - shift) * alpha.exp() if self.shift == "after" else zb * alpha.exp() + shift
-        return self._merge(za, xb), alpha.sum(1)
+        return self._merge(za, _affine(shift, alpha, zb, False, self.shift)), alpha.sum(1)
 
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         xa, xb = self._split(x)
         alpha, shift = self._params(xa)
-        zb = xb * torch.exp(-alpha) + shift if self.shift == "after" else (xb - shift) * torch.exp(-alpha)
-        return self._merge(xa, zb), -alpha.sum(1)
+        return self._merge(xa, _affine(shift, alpha, xb, True, self.shift)), -alpha.sum(1)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", clamp={self.clamp}, shift={self.shift}"

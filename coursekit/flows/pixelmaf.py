@@ -34,6 +34,7 @@ from torch import Tensor
 from .. import _validate as V
 from ..pixelcnn import GatedPixelCNN, raster_order
 from .base import Bijection, check_input
+from .coupling import _affine, _clamp
 
 __all__ = ["PixelMAF"]
 
@@ -90,19 +91,18 @@ class PixelMAF(Bijection):
     def _conditioner(self, x: Tensor) -> tuple[Tensor, Tensor]:
         out = self.net._run(x.view(x.shape[0], self.channels, *self.hw))
         m, a = out[:, :, 0], out[:, :, 1]
-        alpha = self.bound * torch.tanh(a / self.bound)
-        return m.reshape(x.shape), alpha.reshape(x.shape)
+        return m.reshape(x.shape), _clamp(a, self.bound).reshape(x.shape)
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.zeros_like(z)
         for _ in range(self.dim):  # sequential by nature: sweep t makes the first t variables exact
             m, alpha = self._conditioner(x)
-            x = torch.exp(alpha) * z + m
+            x = _affine(m, alpha, z, False, "before")
         return x, alpha.reshape(z.shape[0], -1).sum(1)
 
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         m, alpha = self._conditioner(x)
-        return (x - m) * torch.exp(-alpha), -alpha.reshape(x.shape[0], -1).sum(1)
+        return _affine(m, alpha, x, True, "before"), -alpha.reshape(x.shape[0], -1).sum(1)
 
     @property
     def order(self) -> Tensor:
