@@ -186,3 +186,17 @@ def test_repr_shows_the_partition():
     assert "mask=abab" in repr(AdditiveCoupling(4, mask=torch.tensor([True, False, True, False])))
     assert "clamp=3.0" in repr(AffineCoupling(4))
     assert isinstance(make_nice(4), Compose)
+
+
+@pytest.mark.parametrize("bound", [0.5, 3.0, 5.0])
+def test_soft_clamp_is_bound_times_tanh(bound):
+    """The shared soft clamp (AffineCoupling, MAF, IAF, PixelMAF) is computed through a sigmoid for
+    speed; it must be the documented ``B tanh(a / B)``: to float64 rounding, and within a few
+    float32 ulps of ``B`` in float32, from deep in both tails through zero."""
+    from coursekit.flows.coupling import _clamp
+
+    a = torch.cat([torch.linspace(-60, 60, 2001, dtype=torch.float64), torch.tensor([0.0, 1e-6, -1e-6])])
+    want = bound * torch.tanh(a / bound)
+    torch.testing.assert_close(_clamp(a, bound), want, rtol=0, atol=1e-14)
+    torch.testing.assert_close(_clamp(a.float(), bound).double(), want, rtol=0, atol=4 * bound * 2**-23)
+    assert _clamp(a, bound).abs().max() <= bound
