@@ -160,16 +160,17 @@ class _AffineStep:
 
     Each update either scales then shifts, ``exp(s alpha) t + shift`` (the "before" form sampling,
     the "after" form inverting), or shifts then scales, ``(t - shift) exp(s alpha)``, with the sign
-    ``s = -1`` when inverting. The in-place form writes ``exp(s B tanh(y))`` as
-    ``e^{-sB} exp(2sB sigmoid(2y))`` (from ``tanh(y) = 2 sigmoid(2y) - 1``), with ``2y = 2a / B``
-    folded into the last layer: a sigmoid costs a fraction of a tanh on a CPU (``_clamp``
-    computes the same way), and this step runs ``dim`` times per layer; the exponential is taken
-    as ``exp2`` of ``log2(e)`` times its argument, the factor folded into the one multiplication
-    there is anyway (``exp2`` costs about a third less than ``exp`` on a CPU). The constant ``e^{-sB}`` goes into the final
-    multiply-add (scale first) or, with the shift's factor ``-e^{-sB}`` folded into the last
-    layer and ``e^{-sB} t`` into its matrix product (``fold``), into the shift's output row
-    (shift first; that update is then computed in place in the solution's row): either way four
-    elementwise kernels a step. Equal to the tanh form up to rounding (tested in float64 against the naive solver)."""
+    ``s = -1`` when inverting. The in-place form writes ``exp(s B tanh(y))`` as ``e^{-sB} exp(2sB
+    sigmoid(2y))`` (from ``tanh(y) = 2 sigmoid(2y) - 1``), with ``2y = 2a / B`` folded into the last
+    layer: a sigmoid costs a fraction of a tanh on a CPU (``_clamp`` computes the same way), and
+    this step runs ``dim`` times per layer; the exponential is taken as ``exp2`` of ``log2(e)``
+    times its argument, the factor folded into the one multiplication there is anyway (``exp2``
+    costs about a third less than ``exp`` on a CPU). The constant ``e^{-sB}`` goes into the final
+    multiply-add (scale first) or, with the shift's factor ``-e^{-sB}`` folded into the last layer
+    and ``e^{-sB} t`` into its matrix product (``fold``), into the shift's output row (shift first;
+    that update is then computed in place in the solution's row): either way four elementwise
+    kernels a step. Equal to the tanh form up to rounding (tested in float64 against the naive
+    solver)."""
 
     def __init__(self, bound: float, inverse: bool, form: str = "before"):
         self.bound, self.inverse, self.form = bound, inverse, form
