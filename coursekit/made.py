@@ -143,7 +143,7 @@ class MADE(nn.Module):
     per block of :meth:`solve`'s in-place solver; any positive integer gives the same solution up
     to rounding, a value ``>= dim`` no blocking. The default, 16, was chosen on one CPU thread at
     p = 64 (``benchmarks/bench_autoregressive.py --only blocks``, ``benchmarks/RESULTS.md``): over
-    the runs made, it sampled 1.4 to 1.5 times as fast as unblocked at a batch of 4096, 1.0 to
+    the runs made, it sampled 1.3 to 1.5 times as fast as unblocked at a batch of 4096, 1.0 to
     1.1 times at 512 and 0.9 to 1.0 times at 64, where the products it adds per block cost about
     what they save (a small batch may prefer ``solve_block = dim``).
     """
@@ -518,9 +518,8 @@ class _SolvePlan:
             else:
                 torch.take(lin.bias, self.bias_idx[j], out=w[:, :1])
         if self.weights[0].device.type == "cpu":
-            with torch.no_grad():
-                self.sources = [(lin.weight.detach().clone(), None if lin.bias is None else lin.bias.detach().clone())
-                                for lin in linears]
+            self.sources = [(lin.weight.detach().clone(), None if lin.bias is None else lin.bias.detach().clone())
+                            for lin in linears]
         self.scaled = None
 
     def run(self, made: MADE, update, target: Tensor, outputs: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
