@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] || { echo "usage: $0 lectures/03_x.md [more pages]"; exit 2; }
-key=$(printf '%s\n' "$@" | md5sum | cut -c1-8)
+# the mode is part of the key: the execution cache keys notebooks by content, not by mode, so a shared
+# folder would show a fast-mode run's outputs in a full-mode build (or the reverse)
+key=$(printf '%s\n' "${COURSEKIT_MODE:-fast}" "$@" | md5sum | cut -c1-8)
 out=/tmp/jb-pages-$key
 mkdir -p "$out"
 toc="$out/_toc.yml"
