@@ -47,6 +47,7 @@ def interleaved(
     device: torch.device | None = None,
     warmup: int = 1,
     min_seconds: float = 0.0,
+    setup: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of every operation in ``ops``, one figure per round and operation.
 
@@ -54,7 +55,9 @@ def interleaved(
     ``k`` times in a row, ``k`` chosen once from the warm-up so that one timing lasts at least
     ``min_seconds``; the figure is then the mean over the ``k`` calls), in the order of ``ops``
     rotated by one place per round: over ``len(ops)`` rounds every operation takes every place
-    once. The GPU is synchronised around each timing when ``device`` is a CUDA device."""
+    once. ``setup[name]``, where given, runs untimed before each of that operation's timings (see
+    :func:`fresh_buffers`). The GPU is synchronised around each timing when ``device`` is a CUDA
+    device."""
     names = list(ops)
     if rounds < 1 or not names:
         raise ValueError(f"need at least one round and one operation, got {rounds} rounds, {len(names)} operations")
@@ -63,12 +66,34 @@ def interleaved(
         for _ in range(max(warmup, 1)):
             t = _seconds(ops[name], 1, device)
         calls[name] = max(1, math.ceil(min_seconds / t)) if min_seconds > 0 and t > 0 else 1
+    setup = setup or {}
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            if name in setup:
+                setup[name]()
             times[name].append(_seconds(ops[name], calls[name], device))
     return times
+
+
+def fresh_buffers(model: torch.nn.Module, op: Callable[[], object]) -> Callable[[], None] | None:
+    """For a model whose calls keep buffers from one call to the next (coursekit's MADE solver, see
+    ``MADE.clear_solve_buffers``), a setup for :func:`interleaved` that drops them and makes one
+    untimed call, so that every round times newly allocated buffers, as it times the newly allocated
+    tensors of code that keeps none. Kept for a whole run, one allocation's placement in memory
+    would set every round's figure (on the course machine the same MAF sampler ran 18% apart in two
+    tables of one run). ``None`` for a model that keeps no such buffers."""
+    mades = [m for m in model.modules() if hasattr(m, "clear_solve_buffers")]
+    if not mades:
+        return None
+
+    def setup():
+        for m in mades:
+            m.clear_solve_buffers()
+        op()
+
+    return setup
 
 
 @dataclass
@@ -228,7 +253,11 @@ def library_speed(
 
         ops["density"][name], ops["sample"][name] = density, sampling
         ops["train"][name] = train_step_fn(model, log_prob, x, steps)
-    times = {m: interleaved(o, rounds, device, min_seconds=min_seconds) for m, o in ops.items()}
+    # sampling may use kept buffers (a MAF's incremental solver): drawn afresh every round
+    fresh = {name: fresh_buffers(models[name], op) for name, op in ops["sample"].items()}
+    setups = {"sample": {name: f for name, f in fresh.items() if f is not None}}
+    times = {m: interleaved(o, rounds, device, min_seconds=min_seconds, setup=setups.get(m))
+             for m, o in ops.items()}
     times = {m: times[m] for m in ("train", "density", "sample")}
     return speed_table(title, times, {"train": steps, "density": x.shape[0], "sample": x.shape[0]},
                        {"train": "train steps/s", "density": "log-densities/s", "sample": "samples/s"},

@@ -27,7 +27,11 @@ Four tables (``benchmarks/run_all.py`` collects them into ``benchmarks/RESULTS.m
 Timing (``_common.interleaved``): every library runs its operation once per round, in an order that
 rotates from round to round, after a warm-up; rates are medians over ``--rounds`` rounds and every
 comparison is the median of the per-round speed ratios with its interquartile range, "unresolved"
-when that range contains 1. The GPU is synchronised when used.
+when that range contains 1. The GPU is synchronised when used. coursekit's incremental sampler keeps
+its buffers between calls (``MADE.solve``); before each of its timings they are dropped and built
+again by an untimed call (``_common.fresh_buffers``), so that its figures cover as many allocations
+as rounds, as the peers' do (they allocate at every call): one allocation kept for a whole run set
+every round's figure, and two tables of one run measured the same sampler 18% apart.
 
 Every library gets the same model as far as its API allows: a MAF of ``--layers`` affine
 autoregressive layers, each with a MADE of two hidden layers of ``--hidden`` ReLU units whose
@@ -76,6 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     Table,
     at_least,
+    fresh_buffers,
     interleaved,
     library_speed,
     print_tables,
@@ -176,7 +181,7 @@ def speed(args, device) -> Table:
 
 
 def sampling(args, device, p) -> Table:
-    ops, passes, skipped = {}, {}, []
+    ops, passes, skipped, setup = {}, {}, [], {}
     for name, (build, n_passes) in SAMPLERS.items():
         torch.manual_seed(0)
         try:
@@ -191,7 +196,10 @@ def sampling(args, device, p) -> Table:
                 sample(args.sample_batch)
 
         ops[name], passes[name] = op, n_passes
-    times = interleaved(ops, args.sample_rounds, device, min_seconds=args.min_seconds)
+        fresh = fresh_buffers(model, op)
+        if fresh is not None:
+            setup[name] = fresh
+    times = interleaved(ops, args.sample_rounds, device, min_seconds=args.min_seconds, setup=setup)
     table = Table(
         f"MAF sampling at p = {p}, {args.layers} layers, MADE hidden ({args.hidden}, {args.hidden}), "
         f"batch {args.sample_batch}, {device}",
@@ -229,13 +237,16 @@ def sampling(args, device, p) -> Table:
 def _sample_times(samplers: dict, batch: int, args, device) -> dict:
     """Every sampler's ``sample(batch)`` (``samplers[key] = (model, sample)``), timed interleaved
     over ``--sweep-rounds`` rounds."""
-    ops = {}
-    for key, (_, sample) in samplers.items():
+    ops, setup = {}, {}
+    for key, (model, sample) in samplers.items():
         def op(sample=sample):
             with torch.no_grad():
                 sample(batch)
         ops[key] = op
-    return interleaved(ops, args.sweep_rounds, device, min_seconds=args.min_seconds)
+        fresh = fresh_buffers(model, op)
+        if fresh is not None:
+            setup[key] = fresh
+    return interleaved(ops, args.sweep_rounds, device, min_seconds=args.min_seconds, setup=setup)
 
 
 def batch_sweep(args, device, p: int = 64) -> Table:

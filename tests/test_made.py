@@ -239,6 +239,14 @@ def test_solve_buffers_follow_the_weights_batch_dtype_and_order():
         assert "_plan_cache" not in clone.__dict__ and "_index_cache" not in clone.__dict__
         with torch.no_grad():
             torch.testing.assert_close(clone.solve(_affine, z)[0], check(z), atol=1e-12, rtol=1e-12)
+    # dropped on request, rebuilt by the next call: the same results from other buffers
+    before, plan = check(z), net.__dict__["_plan_cache"]
+    net.clear_solve_buffers()
+    assert net.__dict__.get("_plan_cache") is None
+    torch.testing.assert_close(check(z), before, atol=0, rtol=0)
+    assert net.__dict__["_plan_cache"] is not plan
+    net.clear_solve_buffers()
+    net.clear_solve_buffers()  # nothing kept: nothing to do
     # large batches are solved without keeping their buffers
     with torch.no_grad():
         net.solve(_affine, torch.randn(2**17, 7, dtype=torch.float64))
