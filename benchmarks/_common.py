@@ -55,8 +55,8 @@ def interleaved(
     ``k`` times in a row, ``k`` chosen once from the warm-up so that one timing lasts at least
     ``min_seconds``; the figure is then the mean over the ``k`` calls), in the order of ``ops``
     rotated by one place per round: over ``len(ops)`` rounds every operation takes every place
-    once. ``setup[name]``, where given, runs untimed before each of that operation's timings (see
-    :func:`fresh_buffers`). The GPU is synchronised around each timing when ``device`` is a CUDA
+    once. ``setup[name]``, where given and not None, runs untimed before each of that operation's
+    timings (see :func:`fresh_buffers`). The GPU is synchronised around each timing when ``device`` is a CUDA
     device."""
     names = list(ops)
     if rounds < 1 or not names:
@@ -71,7 +71,7 @@ def interleaved(
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            if name in setup:
+            if setup.get(name) is not None:
                 setup[name]()
             times[name].append(_seconds(ops[name], calls[name], device))
     return times
@@ -254,8 +254,7 @@ def library_speed(
         ops["density"][name], ops["sample"][name] = density, sampling
         ops["train"][name] = train_step_fn(model, log_prob, x, steps)
     # sampling may use kept buffers (a MAF's incremental solver): drawn afresh every round
-    fresh = {name: fresh_buffers(models[name], op) for name, op in ops["sample"].items()}
-    setups = {"sample": {name: f for name, f in fresh.items() if f is not None}}
+    setups = {"sample": {name: fresh_buffers(models[name], op) for name, op in ops["sample"].items()}}
     times = {m: interleaved(o, rounds, device, min_seconds=min_seconds, setup=setups.get(m))
              for m, o in ops.items()}
     times = {m: times[m] for m in ("train", "density", "sample")}

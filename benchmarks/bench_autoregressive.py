@@ -195,10 +195,7 @@ def sampling(args, device, p) -> Table:
             with torch.no_grad():
                 sample(args.sample_batch)
 
-        ops[name], passes[name] = op, n_passes
-        fresh = fresh_buffers(model, op)
-        if fresh is not None:
-            setup[name] = fresh
+        ops[name], passes[name], setup[name] = op, n_passes, fresh_buffers(model, op)
     times = interleaved(ops, args.sample_rounds, device, min_seconds=args.min_seconds, setup=setup)
     table = Table(
         f"MAF sampling at p = {p}, {args.layers} layers, MADE hidden ({args.hidden}, {args.hidden}), "
@@ -242,10 +239,7 @@ def _sample_times(samplers: dict, batch: int, args, device) -> dict:
         def op(sample=sample):
             with torch.no_grad():
                 sample(batch)
-        ops[key] = op
-        fresh = fresh_buffers(model, op)
-        if fresh is not None:
-            setup[key] = fresh
+        ops[key], setup[key] = op, fresh_buffers(model, op)
     return interleaved(ops, args.sweep_rounds, device, min_seconds=args.min_seconds, setup=setup)
 
 
